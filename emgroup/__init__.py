@@ -1,0 +1,3 @@
+"""emgroup: pose-disentangled representation learning for cryo-EM particles and volumes."""
+
+__version__ = "0.1.0"

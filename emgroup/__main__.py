@@ -1,0 +1,6 @@
+"""`python -m emgroup ...` (also what `torchrun -m emgroup train ...` runs)."""
+
+from emgroup.cli.main import cli
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,1 @@
+"""Inference over a stack, clustering, class averages, denoising, metrics and plots."""

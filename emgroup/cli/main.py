@@ -1,0 +1,52 @@
+"""The `emgroup` command group and its error handling (bad input: one line, exit status 2)."""
+
+import importlib
+import importlib.util
+import sys
+
+import click
+
+from emgroup import __version__
+from emgroup.errors import InputError
+
+#: subcommand name -> module in emgroup.cli that defines a click command named ``command``
+SUBCOMMANDS = {
+    "simulate": "simulate",
+    "preprocess": "preprocess",
+    "train": "train",
+    "analyze": "analyze",
+}
+
+
+class LazyGroup(click.Group):
+    """Imports a subcommand's module only when it runs (keeps `emgroup --help` fast, torch unloaded)."""
+
+    def list_commands(self, ctx):
+        return [name for name in SUBCOMMANDS if _module_exists(SUBCOMMANDS[name])]
+
+    def get_command(self, ctx, name):
+        if name not in SUBCOMMANDS or not _module_exists(SUBCOMMANDS[name]):
+            return None
+        return importlib.import_module(f"emgroup.cli.{SUBCOMMANDS[name]}").command
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except InputError as err:
+            click.echo(f"emgroup: error: {err}", err=True)
+            sys.exit(2)
+
+
+def _module_exists(module: str) -> bool:
+    return importlib.util.find_spec(f"emgroup.cli.{module}") is not None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="emgroup")
+def cli():
+    """Learn pose-disentangled representations of cryo-EM particles and hand them back to RELION/cryoSPARC.
+
+    \b
+    Pipeline:  simulate -> preprocess -> train -> analyze
+    Each subcommand has its own --help (units are given for every option).
+    """

@@ -1,0 +1,45 @@
+"""Coordinate grids and in-plane transforms shared by the coordinate-based generators.
+
+The pixel grid is centred on index ``D // 2`` (RELION's and cryoSPARC's centre) and scaled so that one pixel is
+``2 / D`` normalized units: ``x_norm = (column - D // 2) / (D / 2)``, likewise y from the row. A pose
+``(theta, shift)`` (radians; pixels, ordered x, y) means ``image(x) = canonical(R(theta) @ x + shift)``.
+"""
+
+import math
+
+import torch
+
+
+def pixel_size(box: int) -> float:
+    """One pixel in normalized units."""
+    return 2.0 / box
+
+
+def coordinate_grid(box: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """(D*D, 2) normalized (x, y) coordinates of every pixel, row-major (the order of ``image.reshape(-1)``)."""
+    axis = (torch.arange(box, device=device, dtype=dtype) - box // 2) * pixel_size(box)
+    y, x = torch.meshgrid(axis, axis, indexing="ij")
+    return torch.stack([x.reshape(-1), y.reshape(-1)], dim=-1)
+
+
+def rotation_matrix(theta: torch.Tensor) -> torch.Tensor:
+    """(N, 2, 2) matrices R(theta) = [[cos, -sin], [sin, cos]] for angles (N,) in radians."""
+    c, s = torch.cos(theta), torch.sin(theta)
+    return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
+
+
+def transform_grid(grid: torch.Tensor, theta=None, shift_px=None) -> torch.Tensor:
+    """(N, P, 2) coordinates ``R(theta) @ x + shift`` for a (P, 2) grid, theta (N,) rad, shift (N, 2) px."""
+    n = (theta if theta is not None else shift_px).shape[0]
+    box = round(math.sqrt(grid.shape[0]))
+    out = grid.expand(n, *grid.shape)
+    if theta is not None:
+        out = out @ rotation_matrix(theta).transpose(1, 2)
+    if shift_px is not None:
+        out = out + shift_px[:, None, :] * pixel_size(box)
+    return out
+
+
+def wrap_angle(theta: torch.Tensor) -> torch.Tensor:
+    """Angles mapped to [-pi, pi)."""
+    return torch.remainder(theta + math.pi, 2 * math.pi) - math.pi

@@ -1,0 +1,28 @@
+"""Model name -> class. `emgroup train --model NAME` and checkpoints use these names."""
+
+import importlib
+import importlib.util
+
+#: name -> "module:Class" inside emgroup.models (imported on first use)
+MODELS = {
+    "vae": "vae:VAE",
+    "spatial": "spatial_vae:SpatialVAE",
+    "target": "target_vae:TargetVAE",
+    "masked": "masked:MaskedGroupAction",
+}
+
+
+def available() -> list[str]:
+    """Names of the models whose module is present in this installation."""
+    return [name for name in MODELS if importlib.util.find_spec(f"emgroup.models.{MODELS[name].split(':')[0]}")]
+
+
+def model_class(name: str):
+    """The model class registered under ``name`` (KeyError if unknown)."""
+    module, cls = MODELS[name].split(":")
+    return getattr(importlib.import_module(f"emgroup.models.{module}"), cls)
+
+
+def build_model(name: str, options: dict, box: int):
+    """Instantiate model ``name`` for images of ``box`` pixels from a dict of options."""
+    return model_class(name).from_config(options, box)

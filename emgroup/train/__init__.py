@@ -1,0 +1,1 @@
+"""Training loop shared by every model: devices, AMP, checkpoints/resume, schedules, metrics, DDP."""
