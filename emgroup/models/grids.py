@@ -43,3 +43,18 @@ def transform_grid(grid: torch.Tensor, theta=None, shift_px=None) -> torch.Tenso
 def wrap_angle(theta: torch.Tensor) -> torch.Tensor:
     """Angles mapped to [-pi, pi)."""
     return torch.remainder(theta + math.pi, 2 * math.pi) - math.pi
+
+
+def resample_images(images: torch.Tensor, theta=None, shift_px=None, mode: str = "bilinear") -> torch.Tensor:
+    """Batched, on-device ``out(x) = images(R(theta) @ x + shift)``: (N, D, D) -> (N, D, D), zeros outside.
+
+    theta (N,) radians, shift_px (N, 2) pixels (x, y). With the pose of a particle this renders it from its
+    canonical image; with (-theta, -R(-theta) @ shift) it undoes the pose.
+    """
+    n, box = images.shape[0], images.shape[-1]
+    coords = transform_grid(coordinate_grid(box, images.device, images.dtype), theta, shift_px)
+    # grid_sample (align_corners=False) puts pixel i at (2 i + 1) / D - 1; ours is (i - D // 2) * 2 / D
+    coords = coords + (2 * (box // 2) + 1 - box) / box
+    out = torch.nn.functional.grid_sample(images[:, None], coords.reshape(n, box, box, 2), mode=mode,
+                                          padding_mode="zeros", align_corners=False)
+    return out[:, 0]
