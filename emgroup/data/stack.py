@@ -1,0 +1,267 @@
+"""`ParticleStack`: lazily read particle images plus their RELION metadata and optics, from any input we accept.
+
+Images are read on demand from memory-mapped files (never the whole stack unless asked) as float32
+``(n, D, D)``; ``meta`` is the particles table (RELION labels), ``optics`` the optics table; one pixel size
+``apix`` (Å/px) and one box ``D`` (px) for the whole stack.
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from emgroup.errors import InputError
+from emgroup.io.cryosparc import read_cs
+from emgroup.io.mrc import StackWriter, open_stack, read_voxel_size
+from emgroup.io.star import format_image_name, optics_table, parse_image_name, read_star, write_star
+from emgroup.io.topaz import read_topaz
+
+#: memory maps kept open per stack (a RELION project may spread particles over thousands of files)
+_OPEN_FILES = 64
+
+
+class _FileImages:
+    """Row ``i`` of a stack is read from file ``files[file_id[i]]`` (memory-mapped, cached); subclasses say how."""
+
+    def __init__(self, files: list[str], file_id: np.ndarray, box: int):
+        self.files, self.file_id, self.box = files, file_id, box
+        self._maps: dict[str, np.ndarray] = {}
+
+    def __getstate__(self):  # memory maps do not travel to worker processes; they reopen
+        return {**self.__dict__, "_maps": {}}
+
+    def _open(self, path: str) -> np.ndarray:
+        if path not in self._maps:
+            if len(self._maps) >= _OPEN_FILES:
+                del self._maps[next(iter(self._maps))]
+            self._maps[path] = open_stack(path)
+        return self._maps[path]
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """Images of ``rows`` as float32 ``(n, D, D)``, one vectorised read per file touched."""
+        out = np.empty((len(rows), self.box, self.box), dtype=np.float32)
+        file_id = self.file_id[rows]
+        order = np.argsort(file_id, kind="stable")
+        ids, starts = np.unique(file_id[order], return_index=True)
+        for fid, sel in zip(ids, np.split(order, starts[1:])):
+            out[sel] = self._take(self._open(self.files[fid]), rows[sel])
+        return out
+
+
+class _StackImages(_FileImages):
+    """Images in MRC stacks: row ``i`` is image ``index[i]`` (0-based) of its file."""
+
+    def __init__(self, files, file_id, index, box):
+        super().__init__(files, file_id, box)
+        self.index = index
+
+    def _take(self, data, rows):
+        return data[self.index[rows]]
+
+
+class _MicrographBoxes(_FileImages):
+    """Boxes cut from micrographs: row ``i`` is the ``box``-sized square whose top-left pixel is (x0[i], y0[i])."""
+
+    def __init__(self, files, file_id, x0, y0, box):
+        super().__init__(files, file_id, box)
+        self.x0, self.y0 = x0, y0
+
+    def _take(self, data, rows):
+        offsets = np.arange(self.box)
+        ys = self.y0[rows, None, None] + offsets[None, :, None]
+        xs = self.x0[rows, None, None] + offsets[None, None, :]
+        return data[0][ys, xs]
+
+
+class ParticleStack:
+    """Particle images (read lazily) with a particles table ``meta`` and an ``optics`` table.
+
+    Build with :meth:`open` (``.star``, ``.mrcs``/``.mrc``, ``.cs``) or :meth:`from_topaz`. ``apix`` is the
+    pixel size in Å, ``box`` the image side in pixels. ``edge_skipped`` counts Topaz coordinates dropped because
+    their box crossed the micrograph edge (0 for other inputs). ``sources`` lists the image files read.
+    """
+
+    def __init__(self, meta: pd.DataFrame, optics: pd.DataFrame, apix: float, reader: _FileImages,
+                 rows: np.ndarray | None = None, edge_skipped: int = 0):
+        self.meta, self.optics, self.apix, self._reader = meta, optics, float(apix), reader
+        self._rows = np.arange(len(meta)) if rows is None else rows
+        self.edge_skipped = edge_skipped
+
+    # --- constructors -------------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path, root=None, apix: float | None = None) -> "ParticleStack":
+        """A stack from a RELION ``.star``, an MRC stack ``.mrcs``/``.mrc`` or a cryoSPARC ``.cs`` file.
+
+        Image paths in STAR/cs files are tried relative to ``root`` (if given), the working directory, then the
+        file's folder. ``apix`` (Å) overrides the pixel size the input states.
+        """
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if not path.is_file():
+            raise InputError("no such file", path)
+        if suffix == ".star":
+            meta, optics = read_star(path)
+        elif suffix == ".cs":
+            meta, optics = read_cs(path)
+        elif suffix in (".mrcs", ".mrc"):
+            images = open_stack(path)
+            meta = pd.DataFrame({"rlnImageName": format_image_name(np.arange(len(images)), _relative_to_cwd(path)),
+                                 "rlnOpticsGroup": 1})
+            optics = optics_table(read_voxel_size(path) or np.nan, images.shape[-1])
+        else:
+            raise InputError("unknown input type (expected .star, .mrcs, .mrc or .cs)", path)
+        return cls._from_table(path, meta, optics, root, apix)
+
+    @classmethod
+    def _from_table(cls, table_path: Path, meta, optics, root, apix) -> "ParticleStack":
+        """Resolve and check every ``rlnImageName`` of ``meta`` (read from ``table_path``) and build the stack."""
+        if "rlnImageName" not in meta:
+            raise InputError("no rlnImageName column (not a particles file)", table_path)
+        if len(meta) == 0:
+            raise InputError("no particles", table_path)
+        try:
+            index, names = parse_image_name(meta["rlnImageName"].to_numpy(dtype=str))
+        except ValueError as err:
+            raise InputError(f"bad rlnImageName ({err})", table_path) from None
+        unique_names, file_id = np.unique(names, return_inverse=True)
+        folders = [Path(root)] if root is not None else []
+        folders += [Path.cwd(), table_path.parent]
+        files, boxes = [], set()
+        for fid, name in enumerate(unique_names):
+            found = next((folder / name for folder in folders if (folder / name).is_file()), None)
+            if found is None:
+                raise InputError(f"image stack {name} not found (looked in {', '.join(map(str, folders))})",
+                                 table_path)
+            data = open_stack(found)
+            if data.shape[1] != data.shape[2]:
+                raise InputError(f"images are not square ({data.shape[2]} x {data.shape[1]} px)", found)
+            past = index[file_id == fid] >= len(data)
+            if past.any():
+                raise InputError(f"image {index[file_id == fid][past][0] + 1}@{name} is past the end of the "
+                                 f"stack ({len(data)} images)", table_path)
+            files.append(str(found))
+            boxes.add(data.shape[-1])
+        if len(boxes) > 1:
+            raise InputError(f"mixed box sizes {sorted(boxes)} px", table_path)
+        box = boxes.pop()
+        reader = _StackImages(files, file_id, index, box)
+        apix = _one_pixel_size(meta, optics, apix, files[0], table_path)
+        return cls(meta, _set_image(optics, apix, box), apix, reader)
+
+    @classmethod
+    def from_topaz(cls, coords, micrographs_dir, box: int, apix: float | None = None) -> "ParticleStack":
+        """Boxes of ``box`` px centred on Topaz coordinates (x = column, y = row, px), cut from
+        ``micrographs_dir/<image_name>.mrc``; boxes crossing a micrograph edge are dropped (``edge_skipped``)."""
+        coords, micrographs_dir = Path(coords), Path(micrographs_dir)
+        table = read_topaz(coords)
+        names, file_id = np.unique(table["image_name"].to_numpy(dtype=str), return_inverse=True)
+        files = [micrographs_dir / f"{name}.mrc" for name in names]
+        shapes = np.array([open_stack(f).shape for f in files])  # checks every micrograph is readable
+        if (shapes[:, 0] != 1).any():
+            raise InputError("micrograph is not a single 2-D image", files[int(np.argmax(shapes[:, 0] != 1))])
+        x0 = np.rint(table["x_coord"].to_numpy()).astype(np.int64) - box // 2
+        y0 = np.rint(table["y_coord"].to_numpy()).astype(np.int64) - box // 2
+        height, width = shapes[file_id, 1], shapes[file_id, 2]
+        inside = (x0 >= 0) & (y0 >= 0) & (x0 + box <= width) & (y0 + box <= height)
+        if not inside.any():
+            raise InputError(f"every box of {box} px crosses a micrograph edge", coords)
+        meta = pd.DataFrame({"rlnMicrographName": [_relative_to_cwd(f) for f in files]}).iloc[file_id[inside]]
+        meta = meta.reset_index(drop=True).assign(
+            rlnCoordinateX=table["x_coord"].to_numpy()[inside], rlnCoordinateY=table["y_coord"].to_numpy()[inside],
+            rlnAutopickFigureOfMerit=table["score"].to_numpy()[inside], rlnOpticsGroup=1)
+        sizes = {read_voxel_size(f) for f in files}
+        if apix is None and len(sizes) > 1:
+            raise InputError(f"micrographs have several pixel sizes {sorted(map(str, sizes))} Å; pass --apix",
+                             micrographs_dir)
+        apix = apix or sizes.pop()
+        if apix is None:
+            raise InputError("micrograph headers give no pixel size; pass --apix", micrographs_dir)
+        reader = _MicrographBoxes([str(f) for f in files], file_id[inside], x0[inside], y0[inside], box)
+        return cls(meta, optics_table(apix, box), apix, reader, edge_skipped=int((~inside).sum()))
+
+    # --- access -------------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def box(self) -> int:
+        """Image side length in pixels."""
+        return self._reader.box
+
+    @property
+    def sources(self) -> list[Path]:
+        """The image files this stack reads from (resolved paths)."""
+        return [Path(f) for f in self._reader.files]
+
+    def _positions(self, indices) -> np.ndarray:
+        return np.arange(len(self))[slice(None) if indices is None else indices]
+
+    def images(self, indices=None) -> np.ndarray:
+        """float32 ``(n, D, D)`` images at ``indices`` (ints, a slice or a boolean mask; None: all), reading
+        only those."""
+        return self._reader.read(self._rows[self._positions(indices)])
+
+    def subset(self, indices) -> "ParticleStack":
+        """The particles at ``indices`` (same forms as :meth:`images`) as a new stack; no image is read."""
+        positions = np.atleast_1d(self._positions(indices))
+        return ParticleStack(self.meta.iloc[positions].reset_index(drop=True), self.optics, self.apix,
+                             self._reader, self._rows[positions], self.edge_skipped)
+
+    def iter_chunks(self, size: int):
+        """Yield ``(indices, images)`` over the stack in order, ``size`` particles at a time."""
+        for start in range(0, len(self), size):
+            indices = np.arange(start, min(start + size, len(self)))
+            yield indices, self.images(indices)
+
+
+def write_particles(star_path, chunks, meta: pd.DataFrame, optics: pd.DataFrame, apix: float,
+                    mrcs_path=None) -> Path:
+    """Stream image ``chunks`` (an iterable of ``(m, D, D)`` arrays, ``len(meta)`` images in all) into an MRCS
+    stack and write a RELION 3.1 STAR whose ``rlnImageName`` points at it (relative to the working directory).
+
+    ``mrcs_path`` defaults to the STAR path with suffix ``.mrcs``; ``apix`` (Å) goes into the MRC header and
+    the optics table (with the image size). Both files are written atomically. Returns the STAR path.
+    """
+    star_path = Path(star_path)
+    mrcs_path = star_path.with_suffix(".mrcs") if mrcs_path is None else Path(mrcs_path)
+    chunks = iter(chunks)
+    first = np.asarray(next(chunks))
+    box = first.shape[-1]
+    with StackWriter(mrcs_path, len(meta), box, apix) as out:
+        out.write(first)
+        for chunk in chunks:
+            out.write(chunk)
+    meta = meta.reset_index(drop=True).assign(
+        rlnImageName=format_image_name(np.arange(len(meta)), _relative_to_cwd(mrcs_path)))
+    if "rlnOpticsGroup" not in meta:
+        meta["rlnOpticsGroup"] = int(optics["rlnOpticsGroup"].iloc[0])
+    write_star(star_path, meta, _set_image(optics, apix, box))
+    return star_path
+
+
+def _relative_to_cwd(path: Path) -> str:
+    """``path`` as RELION, run from the working directory, finds it."""
+    return os.path.relpath(Path(path).resolve(), Path.cwd())
+
+
+def _set_image(optics: pd.DataFrame, apix: float, box: int) -> pd.DataFrame:
+    return optics.assign(rlnImagePixelSize=float(apix), rlnImageSize=int(box))
+
+
+def _one_pixel_size(meta, optics, override, first_file, table_path) -> float:
+    """The stack's pixel size (Å): ``override``, else the optics groups used (must agree), else the MRC header."""
+    if override is not None:
+        return float(override)
+    groups = optics[optics["rlnOpticsGroup"].isin(meta["rlnOpticsGroup"])] if "rlnOpticsGroup" in meta else optics
+    sizes = groups["rlnImagePixelSize"].dropna().unique() if "rlnImagePixelSize" in groups else []
+    if len(sizes) > 1:
+        raise InputError(f"particles have several pixel sizes {sorted(sizes)} Å; pass --apix", table_path)
+    if len(sizes) == 1:
+        return float(sizes[0])
+    header = read_voxel_size(first_file)
+    if header is None:
+        raise InputError("no pixel size in the metadata or the MRC header; pass --apix", table_path)
+    return header
