@@ -78,15 +78,17 @@ class ParticleStack:
     """Particle images (read lazily) with a particles table ``meta`` and an ``optics`` table.
 
     Build with :meth:`open` (``.star``, ``.mrcs``/``.mrc``, ``.cs``) or :meth:`from_topaz`. ``apix`` is the
-    pixel size in Å, ``box`` the image side in pixels. ``edge_skipped`` counts Topaz coordinates dropped because
-    their box crossed the micrograph edge (0 for other inputs). ``sources`` lists the image files read.
+    pixel size in Å, ``box`` the image side in pixels, ``path`` the file it was opened from. ``edge_skipped``
+    counts Topaz coordinates dropped because their box crossed the micrograph edge (0 for other inputs).
+    ``meta["rlnImageName"]`` (STAR/MRCS/cs input) names each image by its resolved path relative to the
+    working directory, as RELION run from there finds it.
     """
 
     def __init__(self, meta: pd.DataFrame, optics: pd.DataFrame, apix: float, reader: _FileImages,
-                 rows: np.ndarray | None = None, edge_skipped: int = 0):
+                 rows: np.ndarray | None = None, edge_skipped: int = 0, path: Path | None = None):
         self.meta, self.optics, self.apix, self._reader = meta, optics, float(apix), reader
         self._rows = np.arange(len(meta)) if rows is None else rows
-        self.edge_skipped = edge_skipped
+        self.edge_skipped, self.path = edge_skipped, path
 
     # --- constructors -------------------------------------------------------------------------------------
 
@@ -148,7 +150,9 @@ class ParticleStack:
         box = boxes.pop()
         reader = _StackImages(files, file_id, index, box)
         apix = _one_pixel_size(meta, optics, apix, files[0], table_path)
-        return cls(meta, _set_image(optics, apix, box), apix, reader)
+        from_cwd = np.array([_relative_to_cwd(f) for f in files])
+        meta = meta.assign(rlnImageName=format_image_name(index, from_cwd[file_id]))
+        return cls(meta, _set_image(optics, apix, box), apix, reader, path=table_path)
 
     @classmethod
     def from_topaz(cls, coords, micrographs_dir, box: int, apix: float | None = None) -> "ParticleStack":
@@ -179,7 +183,7 @@ class ParticleStack:
         if apix is None:
             raise InputError("micrograph headers give no pixel size; pass --apix", micrographs_dir)
         reader = _MicrographBoxes([str(f) for f in files], file_id[inside], x0[inside], y0[inside], box)
-        return cls(meta, optics_table(apix, box), apix, reader, edge_skipped=int((~inside).sum()))
+        return cls(meta, optics_table(apix, box), apix, reader, edge_skipped=int((~inside).sum()), path=coords)
 
     # --- access -------------------------------------------------------------------------------------------
 
@@ -208,7 +212,7 @@ class ParticleStack:
         """The particles at ``indices`` (same forms as :meth:`images`) as a new stack; no image is read."""
         positions = np.atleast_1d(self._positions(indices))
         return ParticleStack(self.meta.iloc[positions].reset_index(drop=True), self.optics, self.apix,
-                             self._reader, self._rows[positions], self.edge_skipped)
+                             self._reader, self._rows[positions], self.edge_skipped, self.path)
 
     def iter_chunks(self, size: int):
         """Yield ``(indices, images)`` over the stack in order, ``size`` particles at a time."""

@@ -88,7 +88,8 @@ def write_cs(path, particles: pd.DataFrame, optics: pd.DataFrame) -> None:
     columns |= {field: ("f4", table[label].to_numpy() / factor)
                 for field, (label, factor) in _SCALARS.items() if label in table}
     if kind == "alignments3D":
-        columns[f"{kind}/pose"] = ("f4", Rotation.from_euler("ZYZ", table[_EULERS].to_numpy(), degrees=True).as_rotvec())
+        rotation = Rotation.from_euler("ZYZ", table[_EULERS].to_numpy(), degrees=True)
+        columns[f"{kind}/pose"] = ("f4", rotation.as_rotvec())
     elif kind == "alignments2D":
         columns[f"{kind}/pose"] = ("f4", np.deg2rad(table["rlnAnglePsi"].to_numpy()))
     if kind and set(_ORIGINS) <= set(table):
