@@ -177,7 +177,7 @@ class ParticleStack:
             rlnAutopickFigureOfMerit=table["score"].to_numpy()[inside], rlnOpticsGroup=1)
         sizes = {read_voxel_size(f) for f in files}
         if apix is None and len(sizes) > 1:
-            raise InputError(f"micrographs have several pixel sizes {sorted(map(str, sizes))} Å; pass --apix",
+            raise InputError(f"micrographs have several pixel sizes {_listed(sizes - {None})} Å; pass --apix",
                              micrographs_dir)
         apix = apix or sizes.pop()
         if apix is None:
@@ -251,6 +251,10 @@ def _relative_to_cwd(path: Path) -> str:
     return os.path.relpath(Path(path).resolve(), Path.cwd())
 
 
+def _listed(values) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in sorted(values)) + "]"
+
+
 def _set_image(optics: pd.DataFrame, apix: float, box: int) -> pd.DataFrame:
     return optics.assign(rlnImagePixelSize=float(apix), rlnImageSize=int(box))
 
@@ -262,7 +266,7 @@ def _one_pixel_size(meta, optics, override, first_file, table_path) -> float:
     groups = optics[optics["rlnOpticsGroup"].isin(meta["rlnOpticsGroup"])] if "rlnOpticsGroup" in meta else optics
     sizes = groups["rlnImagePixelSize"].dropna().unique() if "rlnImagePixelSize" in groups else []
     if len(sizes) > 1:
-        raise InputError(f"particles have several pixel sizes {sorted(sizes)} Å; pass --apix", table_path)
+        raise InputError(f"particles have several pixel sizes {_listed(sizes)} Å; pass --apix", table_path)
     if len(sizes) == 1:
         return float(sizes[0])
     header = read_voxel_size(first_file)

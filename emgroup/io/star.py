@@ -64,6 +64,7 @@ def read_star(path) -> tuple[pd.DataFrame, pd.DataFrame]:
     for column in ("rlnImagePixelSize", "rlnImageSize"):
         if column not in optics:
             optics[column] = np.nan
+    optics = optics.astype({"rlnImagePixelSize": float, **{c: float for c in DEFAULT_OPTICS}})
     return particles.reset_index(drop=True), optics.reset_index(drop=True)
 
 
