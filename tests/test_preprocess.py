@@ -173,7 +173,7 @@ def write_bad_input(problem):
 
 @pytest.mark.parametrize("problem, message", [
     ("missing file", "in/nothing.star: no such file"),
-    ("truncated mrc", "stack.mrcs: not a readable MRC file"),
+    ("truncated mrc", r"stack.mrcs: truncated MRC file \(shorter than its header says\)"),
     ("not an mrc", "junk.mrcs: not a readable MRC file"),
     ("no rlnImageName", "p.star: no rlnImageName column"),
     ("missing stack", "p.star: image stack gone.mrcs not found"),

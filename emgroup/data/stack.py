@@ -200,19 +200,17 @@ class ParticleStack:
         """The image files this stack reads from (resolved paths)."""
         return [Path(f) for f in self._reader.files]
 
-    def _positions(self, indices) -> np.ndarray:
-        return np.arange(len(self))[slice(None) if indices is None else indices]
-
     def images(self, indices=None) -> np.ndarray:
         """float32 ``(n, D, D)`` images at ``indices`` (ints, a slice or a boolean mask; None: all), reading
         only those."""
-        return self._reader.read(self._rows[self._positions(indices)])
+        rows = self._rows if indices is None else np.atleast_1d(self._rows[indices])
+        return self._reader.read(rows)
 
     def subset(self, indices) -> "ParticleStack":
         """The particles at ``indices`` (same forms as :meth:`images`) as a new stack; no image is read."""
-        positions = np.atleast_1d(self._positions(indices))
-        return ParticleStack(self.meta.iloc[positions].reset_index(drop=True), self.optics, self.apix,
-                             self._reader, self._rows[positions], self.edge_skipped, self.path)
+        rows = np.atleast_1d(self._rows[indices])
+        meta = self.meta.iloc[np.atleast_1d(np.arange(len(self))[indices])].reset_index(drop=True)
+        return ParticleStack(meta, self.optics, self.apix, self._reader, rows, self.edge_skipped, self.path)
 
     def iter_chunks(self, size: int):
         """Yield ``(indices, images)`` over the stack in order, ``size`` particles at a time."""
@@ -232,7 +230,9 @@ def write_particles(star_path, chunks, meta: pd.DataFrame, optics: pd.DataFrame,
     star_path = Path(star_path)
     mrcs_path = star_path.with_suffix(".mrcs") if mrcs_path is None else Path(mrcs_path)
     chunks = iter(chunks)
-    first = np.asarray(next(chunks))
+    first = np.asarray(next(chunks, np.empty((0, 0, 0))))
+    if len(first) == 0:
+        raise ValueError("write_particles needs a first chunk with at least one image")
     box = first.shape[-1]
     with StackWriter(mrcs_path, len(meta), box, apix) as out:
         out.write(first)

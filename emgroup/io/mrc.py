@@ -25,7 +25,9 @@ def open_stack(path) -> np.ndarray:
         with mrcfile.mmap(path, mode="r") as mrc:
             data = mrc.data
     except (ValueError, OSError) as err:  # bad header, or data block shorter than the header says
-        raise InputError(f"not a readable MRC file ({err})", path) from None
+        truncated = "greater than file size" in str(err)
+        raise InputError("truncated MRC file (shorter than its header says)" if truncated
+                         else f"not a readable MRC file ({err})", path) from None
     if data is None or data.ndim not in (2, 3):
         raise InputError("MRC file holds no 2-D images", path)
     return data[np.newaxis] if data.ndim == 2 else data
