@@ -130,24 +130,26 @@ class ParticleStack:
         unique_names, file_id = np.unique(names, return_inverse=True)
         folders = [Path(root)] if root is not None else []
         folders += [Path.cwd(), table_path.parent]
-        files, boxes = [], set()
-        for fid, name in enumerate(unique_names):
+        files, shapes = [], []
+        for name in unique_names:
             found = next((folder / name for folder in folders if (folder / name).is_file()), None)
             if found is None:
                 raise InputError(f"image stack {name} not found (looked in {', '.join(map(str, folders))})",
                                  table_path)
-            data = open_stack(found)
-            if data.shape[1] != data.shape[2]:
-                raise InputError(f"images are not square ({data.shape[2]} x {data.shape[1]} px)", found)
-            past = index[file_id == fid] >= len(data)
-            if past.any():
-                raise InputError(f"image {index[file_id == fid][past][0] + 1}@{name} is past the end of the "
-                                 f"stack ({len(data)} images)", table_path)
+            shape = open_stack(found).shape
+            if shape[1] != shape[2]:
+                raise InputError(f"images are not square ({shape[2]} x {shape[1]} px)", found)
             files.append(str(found))
-            boxes.add(data.shape[-1])
+            shapes.append(shape)
+        counts, boxes = np.array(shapes)[:, 0], sorted({shape[2] for shape in shapes})
+        past = np.flatnonzero(index >= counts[file_id])
+        if len(past):
+            first = past[0]
+            raise InputError(f"image {index[first] + 1}@{names[first]} is past the end of the stack "
+                             f"({counts[file_id[first]]} images)", table_path)
         if len(boxes) > 1:
-            raise InputError(f"mixed box sizes {sorted(boxes)} px", table_path)
-        box = boxes.pop()
+            raise InputError(f"mixed box sizes {boxes} px", table_path)
+        box = boxes[0]
         reader = _StackImages(files, file_id, index, box)
         apix = _one_pixel_size(meta, optics, apix, files[0], table_path)
         from_cwd = np.array([_relative_to_cwd(f) for f in files])
@@ -175,13 +177,14 @@ class ParticleStack:
         meta = meta.reset_index(drop=True).assign(
             rlnCoordinateX=table["x_coord"].to_numpy()[inside], rlnCoordinateY=table["y_coord"].to_numpy()[inside],
             rlnAutopickFigureOfMerit=table["score"].to_numpy()[inside], rlnOpticsGroup=1)
-        sizes = {read_voxel_size(f) for f in files}
-        if apix is None and len(sizes) > 1:
-            raise InputError(f"micrographs have several pixel sizes {_listed(sizes - {None})} Å; pass --apix",
-                             micrographs_dir)
-        apix = apix or sizes.pop()
         if apix is None:
-            raise InputError("micrograph headers give no pixel size; pass --apix", micrographs_dir)
+            sizes = {read_voxel_size(f) for f in files}
+            if None in sizes:
+                raise InputError("a micrograph header gives no pixel size; pass --apix", micrographs_dir)
+            if len(sizes) > 1:
+                raise InputError(f"micrographs have several pixel sizes {_listed(sizes)} Å; pass --apix",
+                                 micrographs_dir)
+            apix = sizes.pop()
         reader = _MicrographBoxes([str(f) for f in files], file_id[inside], x0[inside], y0[inside], box)
         return cls(meta, optics_table(apix, box), apix, reader, edge_skipped=int((~inside).sum()), path=coords)
 
