@@ -143,6 +143,23 @@ def test_volumes_mode(adk_volume, run_emgroup, relion_project, tmp_path, monkeyp
             assert correlation(mrc.data.sum(axis=0), want) >= 0.99
 
 
+def test_volume_input_and_seed_reproducibility(adk_volume, run_emgroup, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_volume("map.mrc", adk_volume, APIX)
+    for outdir in ("a", "b"):  # box and pixel size come from the map
+        result = run_emgroup("simulate", "-o", outdir, "--volume", "map.mrc", "-n", 6, "--rotation", "none",
+                             "--seed", 5, "--no-progress")
+        assert result.exit_code == 0, result.output
+    stack = ParticleStack.open("a/particles.star")
+    assert (stack.box, stack.apix) == (BOX, APIX)
+    clean = mrcfile.read("a/clean.mrcs")
+    assert correlation(clean[0], adk_volume.sum(axis=0)) > 0.99
+    for name in ("particles.mrcs", "clean.mrcs"):
+        np.testing.assert_array_equal(mrcfile.read(f"a/{name}"), mrcfile.read(f"b/{name}"))
+    tables = [read_star(f"{outdir}/particles.star")[0].drop(columns="rlnImageName") for outdir in "ab"]
+    assert tables[0].equals(tables[1])
+
+
 @pytest.mark.parametrize("options, message", [
     (("--pdb", "missing.pdb"), "missing.pdb"),
     (("--pdb", "atoms.pdb", "--box", 12), "does not fit"),

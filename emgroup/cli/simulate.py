@@ -141,7 +141,9 @@ def _object(pdb, volume, pdb2, trajectory, k, box, apix):
         density, map_apix = read_volume(volume)
         if box is not None and box != density.shape[0]:
             raise InputError(f"the map is {density.shape[0]} px, not --box {box} (resample it first)", volume)
-        return density[None], np.zeros(1), density.shape[0], apix or map_apix or 1.0
+        if (apix or map_apix) is None:
+            raise InputError("the header gives no voxel size: pass --apix", volume)
+        return density[None], np.zeros(1), density.shape[0], apix or map_apix
     if pdb2 is not None and trajectory is not None:
         raise click.UsageError("give --pdb2 or --trajectory, not both")
     if trajectory is not None and pdb is not None:

@@ -114,13 +114,15 @@ class FourierProjector:
         axis = np.arange(self.box) - self.box // 2
         z, y, x = np.meshgrid(axis, axis, axis, indexing="ij")
         gridding = np.sinc(np.sqrt(x**2 + y**2 + z**2) / size) ** 2
-        start = size // 2 - self.box // 2
-        padded = np.zeros((len(volumes), size, size, size), np.float32)
-        padded[:, start:start + self.box, start:start + self.box, start:start + self.box] = volumes / gridding
-        spectrum = scipy.fft.rfftn(scipy.fft.ifftshift(padded, axes=(1, 2, 3)), axes=(1, 2, 3), workers=-1)
+        inner = slice(size // 2 - self.box // 2, size // 2 - self.box // 2 + self.box)
         # frequency 0 at index size // 2 along z and y; two zero planes past the end of each axis keep every
         # corner of a trilinear lookup up to Nyquist inside the array
-        self.spectrum = np.pad(scipy.fft.fftshift(spectrum, axes=(1, 2)), ((0, 0), (0, 2), (0, 2), (0, 2)))
+        self.spectrum = np.zeros((len(volumes), size + 2, size + 2, size // 2 + 3), np.complex64)
+        padded = np.zeros((size, size, size), np.float32)
+        for k, volume in enumerate(volumes):  # one volume at a time bounds the memory to the bank itself
+            padded[inner, inner, inner] = volume / gridding
+            spectrum = scipy.fft.rfftn(scipy.fft.ifftshift(padded), workers=-1)
+            self.spectrum[k, :size, :size, :size // 2 + 1] = scipy.fft.fftshift(spectrum, axes=(0, 1))
 
     def project_rfft(self, matrices, conformation, origin_px=None) -> np.ndarray:
         """complex64 (N, D, D // 2 + 1) rfft2 of the projections (real-space origin at index 0).
