@@ -10,7 +10,7 @@ from emgroup.data.ctf import stack_ctf
 from emgroup.data.poses import euler_to_matrix, model_from_relion, quaternion_to_matrix
 from emgroup.data.simulate import FourierProjector, atom_density, conformation_volumes, images_from_rfft
 from emgroup.data.stack import ParticleStack
-from emgroup.data.transforms import transform_images
+from emgroup.data.transforms import align_images, transform_images
 from emgroup.io.atoms import read_atoms
 from emgroup.io.mrc import write_volume
 from emgroup.io.star import read_star
@@ -83,6 +83,22 @@ def test_inplane_pose_is_the_model_transform_of_the_canonical_image(adk_volume, 
     expected = transform_images(np.repeat(canonical, len(meta), 0), theta, shift)
     for got, want in zip(mrcfile.read(tmp_path / "sim" / "clean.mrcs"), expected):
         assert correlation(got, want) >= 0.99
+
+
+@pytest.mark.relion
+def test_relion_undoes_the_written_inplane_pose(adk_volume, run_emgroup, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    stack = simulate(run_emgroup, tmp_path / "sim", "-n", 6, "--shift-sigma", 3, "--no-ctf", "--snr", "inf")
+    subprocess.run(["relion_stack_create", "--i", "sim/particles.star", "--o", "aligned", "--apply_transformation"],
+                   check=True, capture_output=True)
+    relion = mrcfile.read("aligned.mrcs")
+    meta = stack.meta
+    ours = align_images(stack.images(), *model_from_relion(meta["rlnAnglePsi"], meta["rlnOriginXAngst"],
+                                                           meta["rlnOriginYAngst"], APIX))
+    canonical = adk_volume.sum(axis=0)
+    for a, b in zip(relion, ours):
+        assert correlation(a, canonical) >= 0.98 and correlation(b, canonical) >= 0.98
+        assert correlation(a, b) >= 0.99
 
 
 def test_measured_snr_and_recorded_ctf(run_emgroup, tmp_path, monkeypatch):

@@ -46,9 +46,6 @@ def atom_density(xyz, elements, box: int, apix: float, centre) -> np.ndarray:
     if radius > (box // 2 - 2) * apix:
         raise InputError(f"the object (radius {radius:.0f} Å about its centre) does not fit in a box of {box} px "
                          f"at {apix:g} Å/px: increase --box or --apix")
-    structure = gemmi.Structure()
-    structure.cell = gemmi.UnitCell(box * apix, box * apix, box * apix, 90, 90, 90)
-    structure.spacegroup_hm = "P 1"
     residue = gemmi.Residue()
     for position, element in zip(xyz - centre + (box // 2) * apix, elements):
         atom = gemmi.Atom()
@@ -59,7 +56,7 @@ def atom_density(xyz, elements, box: int, apix: float, centre) -> np.ndarray:
     model = gemmi.Model("1")
     model.add_chain(chain)
     calculator = gemmi.DensityCalculatorE()
-    calculator.grid.set_unit_cell(structure.cell)
+    calculator.grid.set_unit_cell(gemmi.UnitCell(box * apix, box * apix, box * apix, 90, 90, 90))  # periodic, P1
     calculator.grid.set_size(box, box, box)
     calculator.blur = 16.0 * apix**2
     calculator.put_model_density_on_grid(model)
@@ -225,7 +222,8 @@ def render_particles(projector: FourierProjector, table: pd.DataFrame, conformat
     ``clean`` is the noise- and CTF-free projection at the particle's pose; ``particles`` has the CTF (when
     ``optics`` = dict(voltage kV, cs mm, amplitude_contrast) is given; defocus and B-factor from the table) and
     Gaussian white noise of one variance for the whole dataset: the mean, over the first ``NOISE_CALIBRATION``
-    particles, of the variance over the whole box of the CTF-applied image, divided by ``snr`` (inf: no noise).
+    particles, of the variance over the whole box of the CTF-applied image, divided by ``snr`` (inf: no noise),
+    drawn from ``rng`` (a ``numpy.random.Generator``; needed when ``snr`` is finite).
     """
     matrices = euler_to_matrix(table["rlnAngleRot"], table["rlnAngleTilt"], table["rlnAnglePsi"])
     origin_px = table[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy() / apix
