@@ -1,0 +1,69 @@
+"""Evaluation metrics against known truth: pose correlations, clustering accuracy, latent-conformation correlation.
+
+All functions take numpy arrays and return Python floats (or dicts of them). Angles are in radians, shifts in
+pixels. The definitions follow the papers whose numbers we compare with (see ``../shared/DESIGN.md``).
+"""
+
+import numpy as np
+from scipy import stats
+from scipy.optimize import linear_sum_assignment
+from sklearn.metrics.cluster import contingency_matrix
+
+
+def wrap_angle(angle) -> np.ndarray:
+    """Angles (radians) wrapped to [-pi, pi)."""
+    return np.remainder(np.asarray(angle, dtype=float) + np.pi, 2 * np.pi) - np.pi
+
+
+def circular_correlation(a, b) -> float:
+    """Jammalamadaka–Sengupta circular correlation of two angle samples (N,) in radians, in [-1, 1].
+
+    ``sum sin(a - mean_a) sin(b - mean_b) / sqrt(sum sin^2(a - mean_a) sum sin^2(b - mean_b))`` with circular
+    means (as astropy's ``circcorrcoef``, which TARGET-VAE's evaluation used); invariant to adding a constant to
+    either sample and to wrapping by 2 pi. For nearly uniform samples the circular means are ill-defined and so
+    is this statistic: a rotation correlation on uniform angles is better read from relative poses.
+    """
+    a, b = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
+    sin_a = np.sin(a - stats.circmean(a, high=np.pi, low=-np.pi))
+    sin_b = np.sin(b - stats.circmean(b, high=np.pi, low=-np.pi))
+    return float(np.sum(sin_a * sin_b) / np.sqrt(np.sum(sin_a**2) * np.sum(sin_b**2)))
+
+
+def pearson(a, b) -> float:
+    """Pearson correlation of two samples (N,)."""
+    return float(stats.pearsonr(np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel())[0])
+
+
+def clustering_accuracy(labels_true, labels_pred) -> float:
+    """Fraction of samples whose cluster maps to their label under the best one-to-one cluster <-> label
+    assignment (Hungarian algorithm on the contingency table). Label values are arbitrary (any hashable)."""
+    table = contingency_matrix(np.asarray(labels_true), np.asarray(labels_pred))
+    rows, cols = linear_sum_assignment(table, maximize=True)
+    return float(table[rows, cols].sum() / table.sum())
+
+
+def best_latent_correlation(z, truth) -> tuple[float, int]:
+    """``(|r|, dim)``: the largest absolute Pearson correlation between one latent dimension of ``z`` (N, k) and
+    a scalar ``truth`` (N,) (e.g. the true conformation), and that dimension (0-based)."""
+    z = np.asarray(z, dtype=float).reshape(len(truth), -1)
+    r = np.abs([pearson(z[:, k], truth) if np.ptp(z[:, k]) > 0 else 0.0 for k in range(z.shape[1])])
+    return float(r.max()), int(r.argmax())
+
+
+def pose_metrics(theta_pred, shift_pred, theta_true, shift_true) -> dict[str, float]:
+    """Rotation circular correlation and translation Pearson correlation per axis between predicted and true
+    in-plane poses (theta (N,) radians, shift (N, 2) pixels (x, y)); either shift may be None (then skipped)."""
+    out = {"rotation_circular_correlation": circular_correlation(theta_pred, theta_true)}
+    if shift_pred is not None and shift_true is not None:
+        shift_pred, shift_true = np.asarray(shift_pred).reshape(-1, 2), np.asarray(shift_true).reshape(-1, 2)
+        out |= {f"translation_pearson_{axis}": pearson(shift_pred[:, i], shift_true[:, i])
+                for i, axis in enumerate("xy")}
+    return out
+
+
+def image_correlation(a, b) -> np.ndarray:
+    """Per-image Pearson correlation (N,) of two image stacks (N, D, D) (scale- and offset-free)."""
+    a = np.asarray(a, dtype=np.float64).reshape(len(a), -1)
+    b = np.asarray(b, dtype=np.float64).reshape(len(b), -1)
+    a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
+    return np.sum(a * b, 1) / np.sqrt(np.sum(a * a, 1) * np.sum(b * b, 1))

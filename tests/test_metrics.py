@@ -1,0 +1,62 @@
+"""Evaluation metrics: circular correlation, clustering accuracy, latent/pose correlations."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from emgroup.analysis.metrics import (best_latent_correlation, circular_correlation, clustering_accuracy,
+                                      image_correlation, pearson, pose_metrics, wrap_angle)
+
+
+def test_circular_correlation_sign_offset_and_wrapping():
+    rng = np.random.default_rng(0)
+    a = rng.uniform(-np.pi, np.pi, 2000)
+    assert circular_correlation(a, a + 1.3) == pytest.approx(1.0)  # a constant offset is not penalised
+    assert circular_correlation(a, a + 2 * np.pi * rng.integers(-3, 3, a.size)) == pytest.approx(1.0)
+    assert circular_correlation(a, -a) == pytest.approx(-1.0)
+    assert abs(circular_correlation(a, rng.uniform(-np.pi, np.pi, a.size))) < 0.1
+    concentrated = rng.vonmises(0.5, 2.0, a.size)
+    noisy = circular_correlation(concentrated, concentrated + rng.normal(0, 0.5, a.size))
+    assert 0.5 < noisy < 0.95
+
+
+def test_circular_correlation_is_pearson_for_concentrated_angles():
+    # sin(x) ~ x for small deviations: JS correlation tends to the ordinary one
+    rng = np.random.default_rng(1)
+    a = rng.normal(0, 0.01, 1000)
+    b = a + rng.normal(0, 0.01, 1000)
+    assert circular_correlation(a, b) == pytest.approx(pearson(a, b), abs=1e-3)
+
+
+def test_clustering_accuracy_matches_brute_force_assignment():
+    rng = np.random.default_rng(2)
+    truth = rng.integers(0, 4, 300)
+    predicted = np.where(rng.random(300) < 0.6, (truth * 3 + 1) % 5, rng.integers(0, 5, 300))  # 5 clusters
+    best = max(np.mean(np.array([mapping.get(p, -1) for p in predicted]) == truth)
+               for perm in itertools.permutations(range(5), 4)
+               for mapping in [dict(zip(perm, range(4)))])
+    assert clustering_accuracy(truth, predicted) == pytest.approx(best)
+    assert clustering_accuracy(truth, np.array(["abcd"[t] for t in truth])) == 1.0  # any relabelling
+
+
+def test_best_latent_correlation_finds_the_dimension_and_ignores_sign():
+    rng = np.random.default_rng(3)
+    truth = rng.random(500)
+    z = rng.normal(size=(500, 4))
+    z[:, 2] = -3 * truth + rng.normal(0, 0.05, 500)
+    z[:, 3] = 1.0  # a constant dimension (collapsed latent) is not an error
+    r, dim = best_latent_correlation(z, truth)
+    assert dim == 2 and r > 0.98
+
+
+def test_pose_metrics_and_image_correlation():
+    rng = np.random.default_rng(4)
+    theta, shift = rng.uniform(-np.pi, np.pi, 400), rng.normal(0, 3, (400, 2))
+    out = pose_metrics(wrap_angle(theta + 0.4), shift + rng.normal(0, 0.3, shift.shape), theta, shift)
+    assert out["rotation_circular_correlation"] == pytest.approx(1.0)
+    assert out["translation_pearson_x"] > 0.98 and out["translation_pearson_y"] > 0.98
+    assert set(pose_metrics(theta, None, theta, shift)) == {"rotation_circular_correlation"}
+    images = rng.normal(size=(3, 8, 8))
+    assert np.allclose(image_correlation(images, 2 * images + 5), 1.0)
+    assert np.all(np.abs(image_correlation(images, rng.normal(size=(3, 8, 8)))) < 0.5)
