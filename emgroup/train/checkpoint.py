@@ -1,0 +1,99 @@
+"""Run folders and checkpoints: what `emgroup train` writes and `emgroup analyze` reads back.
+
+A run folder holds ``config.json`` (model name, every option, box, pixel size, particles path, version),
+``metrics.csv`` (one row per epoch) and ``checkpoints/last.pt`` (every epoch) / ``checkpoints/best.pt`` (on
+validation improvement). A checkpoint is a dict: ``model`` (state dict), ``optimizer``, ``scheduler``, ``scaler``
+(fp16 only), ``epoch`` (epochs completed), ``rng`` (per-rank RNG states), ``best`` (best monitored loss),
+``stale_epochs`` (epochs since it improved), ``history`` (the metrics rows so far) and ``config``.
+"""
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from emgroup.errors import InputError
+from emgroup.io.atomic import atomic_path
+from emgroup.models.registry import build_model
+
+CONFIG = "config.json"
+METRICS = "metrics.csv"
+CHECKPOINTS = "checkpoints"
+
+
+def checkpoint_path(rundir, checkpoint: str = "best") -> Path:
+    """``RUNDIR/checkpoints/{best,last}.pt`` for ``"best"``/``"last"``; any other value is a checkpoint path."""
+    if checkpoint in ("best", "last"):
+        return Path(rundir) / CHECKPOINTS / f"{checkpoint}.pt"
+    return Path(checkpoint)
+
+
+def save_checkpoint(path, state: dict) -> None:
+    """Write ``state`` to ``path`` atomically (an interrupted write leaves the previous checkpoint intact)."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path, device="cpu") -> dict:
+    """A checkpoint dict with its tensors on ``device``; :class:`InputError` when missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("no such checkpoint", path)
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # torch raises several types for a truncated or foreign file
+        raise InputError(f"not a readable emgroup checkpoint ({type(err).__name__})", path) from None
+
+
+def load_run(rundir, checkpoint: str = "best", device="cpu"):
+    """The trained model of a run (in eval mode, on ``device``) and the run's config dict.
+
+    ``checkpoint`` is ``"best"``, ``"last"`` or a path to a ``.pt`` file.
+    """
+    state = load_checkpoint(checkpoint_path(rundir, checkpoint), device)
+    config = state["config"]
+    model = build_model(config["model"], config["options"], config["box"])
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), config
+
+
+def write_config(rundir, config: dict) -> None:
+    """``RUNDIR/config.json``, written atomically."""
+    with atomic_path(Path(rundir) / CONFIG) as tmp:
+        tmp.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def read_config(rundir) -> dict:
+    """The config of the run in ``rundir``; :class:`InputError` when there is none."""
+    path = Path(rundir) / CONFIG
+    if not path.is_file():
+        raise InputError(f"no {CONFIG} (not an emgroup run folder)", rundir)
+    return json.loads(path.read_text())
+
+
+def rng_state() -> dict:
+    """The RNG states of python, numpy and torch (CPU and, when present, CUDA) in a form ``torch.load`` accepts
+    with ``weights_only``."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
+                                                    gauss), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` returned."""
+    random.setstate(_as_tuples(state["python"]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _as_tuples(value):
+    """Nested lists back to the nested tuples ``random.setstate`` wants."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value

@@ -1,0 +1,108 @@
+"""Training data: the particle (or volume) stack a model needs, its train/val split, and batches streamed from the
+memory-mapped files (only the particles of one batch are ever read)."""
+
+import numpy as np
+import torch
+
+from emgroup.data.ctf import stack_ctf
+from emgroup.data.preprocess import SPLIT_COLUMN, split_labels
+from emgroup.data.stack import ParticleStack
+from emgroup.errors import InputError
+
+#: validation fraction used when neither --val-fraction nor a split column is given
+DEFAULT_VAL_FRACTION = 0.1
+
+
+def open_particles(path, ndim: int, root=None):
+    """The stack for a model of dimensionality ``ndim``: a ``ParticleStack`` of 2-D images, or for 3-D models an
+    ``emgroup.data.volumes.VolumeStack``; :class:`InputError` when the file holds the other kind."""
+    if ndim == 3:
+        from emgroup.data.volumes import VolumeStack  # only 3-D models need it
+
+        return VolumeStack.open(path, root=root)
+    stack = ParticleStack.open(path, root=root)
+    dims = stack.optics.get("rlnImageDimensionality")
+    if dims is not None and (dims.to_numpy() == 3).any():
+        raise InputError("holds 3-D volumes (rlnImageDimensionality 3); this model trains on 2-D particle images",
+                         path)
+    return stack
+
+
+def split_indices(stack, val_fraction: float | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) particle indices: the ``rlnEmgroupSplit`` column written by `emgroup preprocess` when the
+    stack has one and ``val_fraction`` is None, else a seeded random split (``DEFAULT_VAL_FRACTION`` if None)."""
+    if val_fraction is None and SPLIT_COLUMN in stack.meta:
+        labels = stack.meta[SPLIT_COLUMN].astype(str).to_numpy()
+        unknown = sorted(set(labels) - {"train", "val"})
+        if unknown:
+            raise InputError(f"{SPLIT_COLUMN} holds {unknown[0]!r} (expected 'train' or 'val')", stack.path)
+    else:
+        labels = split_labels(len(stack), DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction, seed)
+    train, val = np.flatnonzero(labels == "train"), np.flatnonzero(labels == "val")
+    if len(train) == 0:
+        raise InputError("no particle left for training after the train/val split", stack.path)
+    return train, val
+
+
+class StackBatches(torch.utils.data.Dataset):
+    """Map-style dataset whose items are whole batches: ``dataset[indices]`` reads those particles in one go.
+
+    Returns ``{"images": (n, D, D) or (n, D, D, D) float32, "index": (n,) int64}`` plus ``"ctf"``
+    (n, D, D // 2 + 1) when ``with_ctf``. Used with :class:`EpochBatches` and ``batch_size=None``.
+    """
+
+    def __init__(self, stack, with_ctf: bool = False):
+        self.stack, self.with_ctf = stack, with_ctf
+
+    def __len__(self):
+        return len(self.stack)
+
+    def __getitem__(self, indices):
+        indices = np.asarray(indices, dtype=np.int64)
+        batch = {"images": torch.from_numpy(self.stack.images(indices)), "index": torch.from_numpy(indices)}
+        if self.with_ctf:
+            batch["ctf"] = torch.from_numpy(stack_ctf(self.stack, indices))
+        return batch
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """Batches of ``indices`` in an order fixed by (seed, epoch), so a resumed run sees the very same batches.
+
+    Each *global* batch of ``batch_size`` particles is split over ``world_size`` processes (rank ``r`` takes
+    ``batch[r::world_size]``); a last global batch smaller than ``world_size`` is dropped so every rank has
+    particles in every step. :meth:`global_sizes` gives the global batch sizes of an epoch, in order.
+    """
+
+    def __init__(self, indices, batch_size: int, seed: int, shuffle: bool = True, rank: int = 0,
+                 world_size: int = 1):
+        self.indices, self.batch_size, self.seed, self.shuffle = np.asarray(indices), batch_size, seed, shuffle
+        self.rank, self.world_size, self.epoch = rank, world_size, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def global_sizes(self) -> list[int]:
+        sizes = [min(self.batch_size, len(self.indices) - start) for start in range(0, len(self.indices),
+                                                                                    self.batch_size)]
+        return [size for size in sizes if size >= self.world_size]
+
+    def __len__(self):
+        return len(self.global_sizes())
+
+    def __iter__(self):
+        order = self.indices
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(order)
+        for step, size in enumerate(self.global_sizes()):
+            start = step * self.batch_size
+            yield order[start:start + size][self.rank::self.world_size].tolist()
+
+
+def batch_loader(stack, indices, batch_size: int, seed: int, shuffle: bool, with_ctf: bool, num_workers: int = 0,
+                 pin_memory: bool = False, rank: int = 0, world_size: int = 1):
+    """(sampler, DataLoader) streaming this rank's share of ``indices`` in batches (see :class:`EpochBatches`)."""
+    sampler = EpochBatches(indices, batch_size, seed, shuffle, rank, world_size)
+    loader = torch.utils.data.DataLoader(StackBatches(stack, with_ctf), sampler=sampler, batch_size=None,
+                                         num_workers=num_workers, pin_memory=pin_memory,
+                                         persistent_workers=num_workers > 0)
+    return sampler, loader

@@ -1,0 +1,325 @@
+"""The training loop shared by every model; it only calls the interface of :mod:`emgroup.models.base`.
+
+Adam, ``ReduceLROnPlateau`` (x0.5 after ``plateau_patience`` epochs without improvement of the monitored loss:
+the validation loss, or the training loss when there is no validation set), early stopping after ``early_stop``
+such epochs, autocast on CUDA (``bf16``/``fp16``, the latter with gradient scaling), and DistributedDataParallel
+under ``torchrun`` (each global batch split over the processes; see :mod:`emgroup.train.data`). Every epoch ends
+with an atomic ``checkpoints/last.pt`` holding everything needed to continue bit for bit (model, optimizer,
+scheduler, RNG states of every process, epoch, early-stopping state, metrics so far).
+"""
+
+import contextlib
+import dataclasses
+import math
+import random
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from emgroup import __version__
+from emgroup.errors import InputError
+from emgroup.io.atomic import atomic_path
+from emgroup.models.registry import available, model_class
+from emgroup.train import distributed
+from emgroup.train.checkpoint import (CHECKPOINTS, CONFIG, METRICS, checkpoint_path, load_checkpoint, read_config,
+                                      rng_state, save_checkpoint, set_rng_state, write_config)
+from emgroup.train.data import batch_loader, open_particles, split_indices
+
+#: --precision -> autocast dtype on CUDA (None: no autocast)
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: settings a resumed run may change; the others must stay as the run's config.json has them
+RESUME_MAY_CHANGE = ("epochs", "device", "num_workers")
+
+
+@dataclass
+class TrainSettings:
+    """Options of the loop itself (a model's own options live in its ``Config``)."""
+
+    epochs: int = 50  # maximum number of passes over the training particles
+    batch_size: int = 100  # particles per optimisation step, over all processes
+    lr: float = 1e-3  # Adam learning rate
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_workers: int = 0  # DataLoader worker processes
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast on CUDA only)
+    val_fraction: float | None = None  # None: the preprocess split column, else 0.1
+    plateau_patience: int = 10  # epochs without improvement before the learning rate is halved
+    early_stop: int = 20  # epochs without improvement before training stops
+
+
+def resolve_device(name: str, processes: distributed.Processes) -> torch.device:
+    """``auto`` -> the GPU when there is one, else the CPU; under torchrun ``cuda`` means GPU ``LOCAL_RANK``."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(f"cuda:{processes.local_rank}" if name == "cuda" else name)
+    except RuntimeError:
+        raise InputError(f"--device {name}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available() or device.index >= torch.cuda.device_count():
+            raise InputError(f"--device {name}: no such CUDA device on this machine")
+        if processes.world_size > 1 and name != "cuda":
+            raise InputError(f"--device {name}: under torchrun use --device cuda or auto (process r takes GPU r)")
+    elif device.type != "cpu":
+        raise InputError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's and torch's global generators (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def holds_run(rundir) -> bool:
+    """Whether ``rundir`` already holds an emgroup run (a config or checkpoints)."""
+    return (Path(rundir) / CONFIG).exists() or (Path(rundir) / CHECKPOINTS).exists()
+
+
+class Trainer:
+    """Fits one model to one stack, writing the run folder (rank 0 only). Build with :func:`new_run` or
+    :func:`resume_run`, then call :meth:`fit`."""
+
+    def __init__(self, config: dict, settings: TrainSettings, stack, rundir, progress: bool = True):
+        self.config, self.settings, self.stack = config, settings, stack
+        self.rundir, self.progress = Path(rundir), progress
+        self.processes = distributed.from_environment()
+        self.device = resolve_device(settings.device, self.processes)
+        train_idx, val_idx = split_indices(stack, settings.val_fraction, settings.seed)
+        world = self.processes.world_size
+        if settings.batch_size < world:
+            raise InputError(f"--batch-size {settings.batch_size} is smaller than the {world} processes")
+        seed_everything(settings.seed)  # the same initial weights in every process
+        try:
+            self.model = model_class(config["model"]).from_config(config["options"], stack.box).to(self.device)
+        except ValueError as err:
+            raise InputError(f"--model {config['model']}: {err}") from None
+        distributed.init(self.processes, self.device)
+        seed_everything(settings.seed + self.processes.rank)  # a different noise stream per process
+        module = _LossOf(self.model)
+        # find_unused_parameters: schedules such as spatial-VAE's frozen z leave parameters out of some steps
+        self.loss_module = module if world == 1 else torch.nn.parallel.DistributedDataParallel(
+            module, find_unused_parameters=True)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.lr)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, factor=0.5,
+                                                                    patience=settings.plateau_patience)
+        self.autocast_dtype = PRECISIONS[settings.precision] if self.device.type == "cuda" else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
+        loader = dict(stack=stack, batch_size=settings.batch_size, seed=settings.seed,
+                      with_ctf=getattr(self.model, "needs_ctf", False), num_workers=settings.num_workers,
+                      pin_memory=self.device.type == "cuda", rank=self.processes.rank, world_size=world)
+        self.train_sampler, self.train_loader = batch_loader(indices=train_idx, shuffle=True, **loader)
+        self.val_sampler, self.val_loader = batch_loader(indices=val_idx, shuffle=False, **loader)
+        self.epoch, self.best, self.stale_epochs, self.history = 0, math.inf, 0, []
+
+    # --- state --------------------------------------------------------------------------------------------
+
+    def state(self, rng: list) -> dict:
+        """The checkpoint dict (see :mod:`emgroup.train.checkpoint`); ``rng`` holds every process's RNG state."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "epoch": self.epoch,
+                "rng": rng, "best": self.best, "stale_epochs": self.stale_epochs, "history": self.history,
+                "config": self.config}
+
+    def load_state(self, state: dict) -> None:
+        """Continue from a checkpoint dict exactly where it was written."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.best, self.stale_epochs = state["epoch"], state["best"], state["stale_epochs"]
+        self.history = list(state["history"])
+        rank, world = self.processes.rank, self.processes.world_size
+        if len(state["rng"]) == world:
+            set_rng_state(state["rng"][rank])
+        else:  # another number of processes: continue, reproducibly, but not bit for bit
+            seed_everything(int(np.random.SeedSequence([self.settings.seed, self.epoch, rank]).generate_state(1)[0]))
+
+    # --- loop ---------------------------------------------------------------------------------------------
+
+    def fit(self) -> str:
+        """Train until ``epochs`` or early stopping; returns why it stopped. SIGTERM acts like Ctrl-C
+        (KeyboardInterrupt): ``checkpoints/last.pt`` keeps the last complete epoch."""
+        settings = self.settings
+        with _sigterm_interrupts():
+            while self.epoch < settings.epochs:
+                if self.stale_epochs >= settings.early_stop:
+                    return f"stopped early: no improvement for {settings.early_stop} epochs"
+                self._epoch()
+        return f"finished {settings.epochs} epochs"
+
+    def _epoch(self) -> None:
+        self.model.on_epoch_start(self.epoch)
+        self.train_sampler.set_epoch(self.epoch)
+        lr = self.optimizer.param_groups[0]["lr"]
+        start = time.perf_counter()
+        train = self._pass(self.train_loader, self.train_sampler, train=True)
+        train_seconds = time.perf_counter() - start
+        val = self._pass(self.val_loader, self.val_sampler, train=False) if len(self.val_sampler) else {}
+        monitored = (val or train)["loss"]
+        self.scheduler.step(monitored)
+        improved = monitored < self.best
+        self.best, self.stale_epochs = (monitored, 0) if improved else (self.best, self.stale_epochs + 1)
+        self.epoch += 1
+        n_train = sum(self.train_sampler.global_sizes())
+        self.history.append({"epoch": self.epoch, **{f"train_{k}": v for k, v in train.items()},
+                             **{f"val_{k}": v for k, v in val.items()}, "lr": lr,
+                             "particles_per_s": n_train / train_seconds,
+                             "seconds": time.perf_counter() - start})
+        rng = distributed.all_gather(rng_state())
+        if self.processes.main:
+            state = self.state(rng)
+            if improved:
+                save_checkpoint(checkpoint_path(self.rundir, "best"), state)
+            save_checkpoint(checkpoint_path(self.rundir, "last"), state)
+            self.write_metrics()
+            if self.progress:
+                tqdm.write(f"epoch {self.epoch}: " + "  ".join(
+                    f"{k} {v:.5g}" for k, v in self.history[-1].items() if k.endswith("loss")))
+
+    def _pass(self, loader, sampler, train: bool) -> dict[str, float]:
+        """One pass over ``loader``; the mean of each loss term over all particles of all processes."""
+        self.model.train(train)
+        world, sizes = self.processes.world_size, sampler.global_sizes()
+        names, sums, count = None, 0.0, 0
+        bar = tqdm(total=sum(sizes), unit="particle", leave=False, desc=f"epoch {self.epoch + 1}",
+                   disable=not (train and self.progress and self.processes.main))
+        with bar, torch.set_grad_enabled(train):
+            for step, batch in enumerate(loader):
+                batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
+                n = len(batch["index"])
+                with torch.autocast(self.device.type, self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                    terms = self.loss_module(batch) if train else self.model.loss(batch)
+                if train:
+                    # DDP averages gradients over processes: weight each share so the result is the gradient
+                    # of the mean over the global batch, as one process would compute it
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.scaler.scale(terms["loss"] * (n * world / sizes[step])).backward()
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                names = names or list(terms)
+                sums = sums + torch.stack([terms[name].detach().double() for name in names]) * n
+                count += n
+                bar.update(sizes[step])
+                if step % 10 == 0 and not bar.disable:
+                    bar.set_postfix(loss=f"{terms['loss'].item():.5g}")
+        totals = distributed.all_sum(torch.cat([sums, torch.tensor([count], device=sums.device)]))
+        return {name: (totals[i] / totals[-1]).item() for i, name in enumerate(names)}
+
+    def write_metrics(self) -> None:
+        """``metrics.csv`` from the history, atomically."""
+        with atomic_path(self.rundir / METRICS) as tmp:
+            pd.DataFrame(self.history).to_csv(tmp, index=False, float_format="%.9g")
+
+
+class _LossOf(torch.nn.Module):
+    """Routes ``model.loss`` through ``forward`` so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch):
+        return self.model.loss(batch)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """Within the block, SIGTERM raises KeyboardInterrupt (like Ctrl-C) in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def new_run(particles, rundir, model: str, model_options: dict, settings: TrainSettings, *, root=None,
+            force: bool = False, progress: bool = True) -> Trainer:
+    """A trainer for a new run of ``model`` on ``particles`` in ``rundir``, after checking every input; writes
+    ``config.json`` (a run already in ``rundir`` is refused unless ``force``: then its files are removed).
+
+    ``model_options`` maps ``Config`` field names to values; missing or ``None`` ones take the model's defaults.
+    """
+    rundir = Path(rundir)
+    if rundir.exists() and not rundir.is_dir():
+        raise InputError("run folder is a file", rundir)
+    if holds_run(rundir) and not force:
+        raise InputError("holds another run; pass --resume to continue it or --force to replace it", rundir)
+    if model not in available():
+        raise InputError(f"unknown model {model!r} (available: {', '.join(available())})")
+    if settings.precision not in PRECISIONS:
+        raise InputError(f"--precision {settings.precision}: expected one of {', '.join(PRECISIONS)}")
+    cls = model_class(model)
+    foreign = sorted(set(k for k, v in model_options.items() if v is not None)
+                     - {f.name for f in dataclasses.fields(cls.Config)})
+    if foreign:
+        raise InputError(f"{', '.join(map(_flag, foreign))}: not an option of --model {model}")
+    stack = open_particles(particles, cls.ndim, root)
+    options = {**{k: v for k, v in model_options.items() if v is not None}, **dataclasses.asdict(settings)}
+    config = {"model": model, "options": options, "box": stack.box, "apix": stack.apix,
+              "particles": str(Path(particles).resolve()), "root": None if root is None else str(root),
+              "world_size": distributed.from_environment().world_size, "version": __version__}
+    trainer = Trainer(config, settings, stack, rundir, progress)
+    # record every model option, defaults included
+    config["options"] = {**dataclasses.asdict(trainer.model.config), **options}
+    if trainer.processes.main:
+        if force:
+            for path in (rundir / CONFIG, rundir / METRICS):
+                path.unlink(missing_ok=True)
+            shutil.rmtree(rundir / CHECKPOINTS, ignore_errors=True)
+        write_config(rundir, config)
+    distributed.barrier()
+    return trainer
+
+
+def resume_run(rundir, changes: dict | None = None, *, particles=None, model: str | None = None,
+               model_options: dict | None = None, progress: bool = True) -> Trainer:
+    """A trainer continuing the run in ``rundir`` from ``checkpoints/last.pt``, bit for bit.
+
+    ``changes`` maps settings to new values: only those in :data:`RESUME_MAY_CHANGE` may differ from the run's.
+    ``particles``, ``model`` and ``model_options`` (non-None values), when given, must match the run's.
+    """
+    rundir = Path(rundir)
+    config = read_config(rundir)
+    if model is not None and model != config["model"]:
+        raise InputError(f"holds a --model {config['model']} run, not {model}", rundir)
+    if particles is not None and Path(particles).resolve() != Path(config["particles"]):
+        raise InputError(f"the run in {rundir} was trained on {config['particles']}", particles)
+    stored = config["options"]
+    given = {**{k: v for k, v in (model_options or {}).items() if v is not None}, **(changes or {})}
+    for name, value in given.items():
+        if name not in RESUME_MAY_CHANGE and value != stored.get(name):
+            raise InputError(f"{_flag(name)} {value} differs from the run's {stored.get(name)}; a resumed run "
+                             f"keeps its options (only {', '.join(map(_flag, RESUME_MAY_CHANGE))} may change)",
+                             rundir)
+    settings = TrainSettings(**{f.name: given.get(f.name, stored[f.name]) for f in dataclasses.fields(TrainSettings)})
+    state = load_checkpoint(checkpoint_path(rundir, "last"))
+    stack = open_particles(config["particles"], model_class(config["model"]).ndim, config.get("root"))
+    config = {**config, "options": {**stored, **dataclasses.asdict(settings)}}
+    trainer = Trainer(config, settings, stack, rundir, progress)
+    trainer.load_state(state)
+    if trainer.processes.main:
+        write_config(rundir, config)
+        trainer.write_metrics()  # drops rows of an epoch whose checkpoint never completed
+    distributed.barrier()
+    return trainer
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
