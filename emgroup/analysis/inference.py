@@ -1,0 +1,89 @@
+"""Inference over a particle stack through the model interface (``encode``/``decode``), streamed in batches.
+
+The only model-specific knowledge is which optional keys ``encode`` returns: ``theta`` (N,) radians and ``shift``
+(N, 2) pixels (x, y) for in-plane models, ``rotation`` (N, 3, 3) for SO(3) models (RELION's matrix ``A`` of
+:mod:`emgroup.data.poses`), and any posteriors (``q_tr``, ...) or model-wide entries (``mask``) besides.
+"""
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from emgroup.data.poses import matrix_to_euler, relion_from_model
+
+#: encode entries that place the object; without them ``decode`` draws the canonical pose
+POSE_KEYS = ("theta", "shift", "rotation")
+
+
+def encode_stack(model, stack, store, batch_size: int = 256, device="cpu",
+                 decoded: Callable[[np.ndarray, np.ndarray, np.ndarray], None] | None = None, canonical: bool = False,
+                 progress: bool = True) -> dict:
+    """Run ``model.encode`` over ``stack`` (a ParticleStack), ``batch_size`` particles at a time on ``device``.
+
+    Every entry of the encoding goes into ``store`` (an ``h5py.Group``) as a float32 dataset of ``len(stack)``
+    rows; an entry that is the same for the whole batch (leading size not the batch size, e.g. a model-wide
+    ``mask``) is stored once. When ``decoded`` is given it is called with each batch's ``(indices, images,
+    reconstructions)``, the last being ``model.decode``'s output as float32 (m, D, D) — each particle in its own
+    pose, or in the canonical pose when ``canonical``.
+    Memory stays bounded by the batch. Returns ``store``'s datasets by name (read them with ``[:]``).
+    """
+    n = len(stack)
+    with torch.inference_mode(), tqdm(total=n, desc="encoding", unit="particle", disable=not progress) as bar:
+        for indices, images in stack.iter_chunks(batch_size):
+            encoding = model.encode(torch.from_numpy(images).to(device))
+            for name, value in encoding.items():
+                value = value.float().cpu().numpy()
+                per_particle = value.ndim > 0 and len(value) == len(indices)
+                if name not in store:
+                    store.create_dataset(name, shape=(n, *value.shape[1:]) if per_particle else value.shape,
+                                         dtype=np.float32)
+                if per_particle:
+                    store[name][indices[0]:indices[-1] + 1] = value
+                elif indices[0] == 0:
+                    store[name][...] = value
+            if decoded is not None:
+                keep = {k: v for k, v in encoding.items() if not (canonical and k in POSE_KEYS)}
+                decoded(indices, images, model.decode(keep).float().cpu().numpy())
+            bar.update(len(indices))
+    return dict(store)
+
+
+def decode_latents(model, z, device="cpu", batch_size: int = 256) -> np.ndarray:
+    """Images (n, D, D) float32 the generator draws in the canonical pose at latent vectors ``z`` (n, k)."""
+    z = torch.as_tensor(np.asarray(z), dtype=torch.float32)
+    with torch.inference_mode():
+        return np.concatenate([model.decode({"z": part.to(device)}).float().cpu().numpy()
+                               for part in torch.split(z, batch_size)])
+
+
+def inplane_pose(encoding: dict, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(theta (n,) radians, shift (n, 2) pixels)`` from an encoding; a missing entry means no rotation/shift.
+
+    For SO(3) models the in-plane angle is RELION's psi of ``rotation``.
+    """
+    if "theta" in encoding:
+        theta = np.asarray(encoding["theta"], dtype=float).reshape(n)
+    elif "rotation" in encoding:
+        theta = np.radians(matrix_to_euler(np.asarray(encoding["rotation"]))[2])
+    else:
+        theta = np.zeros(n)
+    shift = np.asarray(encoding["shift"], dtype=float).reshape(n, 2) if "shift" in encoding else np.zeros((n, 2))
+    return theta, shift
+
+
+def relion_pose_columns(encoding: dict, n: int, apix: float) -> pd.DataFrame:
+    """The inferred poses as RELION 3.1 columns (degrees, Å): ``rlnAnglePsi``, ``rlnOriginXAngst/YAngst`` when the
+    model infers an in-plane pose, ``rlnAngleRot/Tilt/Psi`` (and origins) when it infers a rotation in SO(3)."""
+    columns = {}
+    if "rotation" in encoding:
+        rot, tilt, _ = matrix_to_euler(np.asarray(encoding["rotation"]))
+        columns |= {"rlnAngleRot": rot, "rlnAngleTilt": tilt}
+    if any(key in encoding for key in POSE_KEYS):
+        psi, origin_x, origin_y = relion_from_model(*inplane_pose(encoding, n), apix)
+        columns |= {"rlnAnglePsi": psi}
+        if "shift" in encoding:
+            columns |= {"rlnOriginXAngst": origin_x, "rlnOriginYAngst": origin_y}
+    return pd.DataFrame(columns, index=pd.RangeIndex(n))

@@ -1,0 +1,240 @@
+"""`emgroup analyze` end to end: encode a stack with a trained model and write what it learned for RELION/cryoSPARC.
+
+Two streamed passes over the particles (memory bounded by the batch): (1) encode — latents and poses into
+``latents.h5``, the model's reconstructions into ``denoised.mrcs``; then clustering of the latent means;
+(2) class averages of the particles brought into the canonical frame by their inferred pose. Every output file is
+written atomically. See ``docs/analyze.md`` for the files and their units.
+"""
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from emgroup.analysis import plots
+from emgroup.analysis.class_averages import class_averages
+from emgroup.analysis.clustering import Clusters, cluster_latents
+from emgroup.analysis.inference import POSE_KEYS, decode_latents, encode_stack, inplane_pose, relion_pose_columns
+from emgroup.analysis.metrics import best_latent_correlation, clustering_accuracy, image_correlation, pose_metrics
+from emgroup.data.poses import model_from_relion, relion_from_model
+from emgroup.io.atomic import atomic_path
+from emgroup.io.cryosparc import write_cs
+from emgroup.io.mrc import StackWriter, open_stack, write_stack
+from emgroup.io.star import format_image_name, parse_image_name, write_star
+
+#: input columns replaced by the inferred pose, cluster and latents
+REPLACED = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst", "rlnClassNumber")
+LATENT_LABEL = "rlnEmgroupLatent"
+#: encoding entries kept in memory (the rest, e.g. TARGET-VAE's q(t, r), stay in latents.h5 only)
+IN_MEMORY = ("z", "z_std", "mask", *POSE_KEYS)
+TRUE_CLASS, TRUE_CONFORMATION = "rlnEmgroupTrueClass", "rlnEmgroupTrueConformation"
+
+
+@dataclass
+class Options:
+    """How to analyze: clusters (an int or "auto"), clustering method, batch size (particles), torch device,
+    denoised images in the canonical pose, whether to write them at all, random seed, progress bars."""
+
+    clusters: int | str = "auto"
+    cluster_method: str = "gmm"
+    max_clusters: int = 10
+    batch_size: int = 256
+    device: str = "cpu"
+    canonical: bool = False
+    denoise: bool = True
+    seed: int = 0
+    progress: bool = True
+
+
+def analyze(model, stack, outdir, rundir=None, options: Options | None = None) -> dict:
+    """Write every output of `emgroup analyze` for ``stack`` (a ParticleStack) and a trained ``model`` (eval mode,
+    on ``options.device``) into ``outdir``; ``rundir`` supplies ``metrics.csv`` for the training curves.
+    Returns a summary: particle and cluster counts, and the metrics against ground truth (when the STAR has any)."""
+    options = options or Options()
+    outdir = Path(outdir)
+    (outdir / "figures").mkdir(parents=True, exist_ok=True)
+    n, apix = len(stack), stack.apix
+    clean = _clean_stack(stack)
+    with contextlib.ExitStack() as files:
+        h5 = files.enter_context(h5py.File(files.enter_context(atomic_path(outdir / "latents.h5")), "w"))
+        denoised = (files.enter_context(StackWriter(outdir / "denoised.mrcs", n, stack.box, apix))
+                    if options.denoise else None)
+        comparison = _DenoiseComparison(stack, clean) if clean is not None and not options.canonical else None
+
+        def decoded(indices, images, reconstructions):
+            denoised.write(reconstructions)
+            if comparison is not None:
+                comparison.add(indices, images, reconstructions)
+
+        stored = encode_stack(model, stack, h5.create_group("encoding"), options.batch_size, options.device,
+                              decoded if options.denoise else None, options.canonical, options.progress)
+        encoding = {name: stored[name][:] for name in IN_MEMORY if name in stored}
+        z = encoding["z"].reshape(n, -1)
+        clusters = cluster_latents(z, options.clusters, options.cluster_method, options.max_clusters, options.seed)
+        table = particles_table(stack.meta, encoding, clusters.labels, apix)
+        _store_analysis(h5, table, clusters, stack, options)
+    theta, shift = inplane_pose(encoding, n)
+    averages, counts = class_averages(stack, clusters.labels, theta, shift, clusters.n_clusters,
+                                      options.batch_size, options.progress)
+    decoded_centres = decode_latents(model, clusters.centres, options.device, options.batch_size)
+    write_star(outdir / "particles.star", table, stack.optics)
+    write_cs(outdir / "particles.cs", table, stack.optics)
+    if options.denoise:
+        denoised_table = table.assign(rlnImageName=format_image_name(np.arange(n), _from_cwd(outdir / "denoised.mrcs")))
+        if options.canonical:  # the reconstructions are in the canonical frame: the identity pose
+            denoised_table = denoised_table.assign(**{c: 0.0 for c in REPLACED[:5] if c in table})
+        write_star(outdir / "denoised.star", denoised_table, stack.optics)
+    write_stack(outdir / "class_averages.mrcs", averages, apix)
+    write_stack(outdir / "class_decoded.mrcs", decoded_centres, apix)
+    write_star(outdir / "classes.star", classes_table(counts, outdir / "class_averages.mrcs"), stack.optics)
+    metrics = truth_metrics(stack.meta, encoding, clusters.labels, apix)
+    if comparison is not None:
+        metrics |= comparison.result()
+    if metrics:
+        with atomic_path(outdir / "metrics.json") as tmp:
+            tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    make_figures(model, outdir / "figures", stack.meta, encoding, clusters, averages, decoded_centres, rundir,
+                 options.device)
+    return {"particles": n, "clusters": clusters.n_clusters, "counts": counts.tolist(), "metrics": metrics}
+
+
+def particles_table(meta: pd.DataFrame, encoding: dict, labels, apix: float) -> pd.DataFrame:
+    """The input particles with the inferred pose (RELION 3.1 labels; the identity pose for models that infer
+    none), ``rlnClassNumber`` (1-based cluster) and the latent means as ``rlnEmgroupLatent1..k``."""
+    n = len(meta)
+    z = np.asarray(encoding["z"]).reshape(n, -1)
+    kept = meta.drop(columns=[c for c in meta if c in REPLACED or c.startswith(LATENT_LABEL)])
+    latents = pd.DataFrame(z.astype(np.float64), columns=[f"{LATENT_LABEL}{i + 1}" for i in range(z.shape[1])])
+    return pd.concat([kept.reset_index(drop=True), relion_pose_columns(encoding, n, apix),
+                      pd.DataFrame({"rlnClassNumber": np.asarray(labels) + 1}), latents], axis=1)
+
+
+def classes_table(counts, averages_path) -> pd.DataFrame:
+    """One row per class average, as RELION tools read images (``rlnImageName``) and 2D-class references
+    (``rlnReferenceImage``), with ``rlnClassNumber``, ``rlnClassDistribution`` (fraction of particles) and the
+    particle count ``rlnEmgroupParticleCount``."""
+    counts = np.asarray(counts)
+    names = format_image_name(np.arange(len(counts)), _from_cwd(averages_path))
+    return pd.DataFrame({"rlnImageName": names, "rlnReferenceImage": names,
+                         "rlnClassNumber": np.arange(1, len(counts) + 1),
+                         "rlnClassDistribution": counts / counts.sum(), "rlnEmgroupParticleCount": counts,
+                         "rlnOpticsGroup": 1})
+
+
+def truth_metrics(meta: pd.DataFrame, encoding: dict, labels, apix: float) -> dict:
+    """Agreement with the truth the input STAR carries (simulated or benchmark data): in-plane pose (when the
+    STAR has ``rlnAnglePsi`` and no out-of-plane tilt and the model infers a pose), clustering accuracy against
+    ``rlnEmgroupTrueClass``, best |Pearson| of one latent dimension with ``rlnEmgroupTrueConformation``."""
+    n, out = len(meta), {}
+    inplane_truth = "rlnAnglePsi" in meta and not np.any(meta.get("rlnAngleTilt", pd.Series(0.0)).to_numpy() != 0)
+    if inplane_truth and any(key in encoding for key in POSE_KEYS):
+        psi = meta["rlnAnglePsi"] + meta.get("rlnAngleRot", 0.0)  # tilt 0: RELION's A = Rz(rot + psi)
+        origin = meta.get("rlnOriginXAngst", 0.0), meta.get("rlnOriginYAngst", 0.0)
+        theta_true, shift_true = model_from_relion(psi, *origin, apix)
+        theta, shift = inplane_pose(encoding, n)
+        # translations compared in the image frame (RELION's origin), independent of the canonical frame's angle
+        _, *true_origin = relion_from_model(theta_true, shift_true, apix)
+        _, *origin = relion_from_model(theta, shift, apix)
+        has_shift = "shift" in encoding and np.ptp(true_origin) > 0
+        out |= pose_metrics(theta, np.column_stack(origin) if has_shift else None, theta_true,
+                            np.column_stack(true_origin))
+    if TRUE_CLASS in meta:
+        out["clustering_accuracy"] = clustering_accuracy(meta[TRUE_CLASS].to_numpy(), labels)
+    if TRUE_CONFORMATION in meta and np.ptp(meta[TRUE_CONFORMATION]) > 0:
+        r, dim = best_latent_correlation(np.asarray(encoding["z"]).reshape(n, -1), meta[TRUE_CONFORMATION].to_numpy())
+        out |= {"latent_conformation_abs_pearson": r, "latent_conformation_dim": dim + 1}
+    return out
+
+
+class _DenoiseComparison:
+    """Mean per-image Pearson correlation with the clean images, of the reconstructions and of the input."""
+
+    def __init__(self, stack, clean: np.ndarray):
+        self.clean = clean
+        self.rows = parse_image_name(stack.meta["rlnImageName"].to_numpy(dtype=str))[0]
+        self.denoised, self.noisy = [], []
+
+    def add(self, indices, images, reconstructions):
+        clean = self.clean[self.rows[indices]]
+        self.denoised.append(image_correlation(reconstructions, clean))
+        self.noisy.append(image_correlation(images, clean))
+
+    def result(self) -> dict:
+        return {"denoised_clean_correlation": float(np.mean(np.concatenate(self.denoised))),
+                "input_clean_correlation": float(np.mean(np.concatenate(self.noisy)))}
+
+
+def _clean_stack(stack) -> np.ndarray | None:
+    """``clean.mrcs`` (written by `emgroup simulate`) beside the input when it matches the stack's one image file."""
+    if stack.path is None or len(stack.sources) != 1:
+        return None
+    path = stack.path.parent / "clean.mrcs"
+    if not path.is_file():
+        return None
+    clean = open_stack(path)
+    return clean if clean.shape == open_stack(stack.sources[0]).shape else None
+
+
+def _store_analysis(h5, table: pd.DataFrame, clusters: Clusters, stack, options: Options) -> None:
+    """Cluster labels, RELION poses, particle index and image names beside the encoding in latents.h5."""
+    h5["class_number"] = table["rlnClassNumber"].to_numpy()
+    h5["particle_index"] = np.arange(len(table))
+    h5["image_name"] = stack.meta["rlnImageName"].to_numpy(dtype=str).astype(object)
+    h5["cluster_centres"] = clusters.centres
+    relion = h5.create_group("relion")
+    for column in REPLACED[:5]:
+        if column in table:
+            relion[column] = table[column].to_numpy()
+    h5.attrs.update({"apix": stack.apix, "box": stack.box, "cluster_method": clusters.method,
+                     "n_clusters": clusters.n_clusters, "clusters_requested": str(options.clusters),
+                     "units": "theta rad; shift px (x, y); relion/* degrees and Å; class_number 1-based"})
+    if clusters.scores:
+        h5["cluster_scores"] = np.array(list(clusters.scores.items()), dtype=float)
+
+
+def make_figures(model, folder: Path, meta, encoding, clusters: Clusters, averages, decoded, rundir, device):
+    """All PNGs of `emgroup analyze` into ``folder``."""
+    n = len(meta)
+    z = np.asarray(encoding["z"]).reshape(n, -1)
+    colourings = {"cluster": clusters.labels + 1}
+    colourings |= {name: meta[column].to_numpy() for name, column in
+                   [("true class", TRUE_CLASS), ("true conformation", TRUE_CONFORMATION)] if column in meta}
+    plots.latent_map(z, colourings, folder / "latent_map.png")
+    titles = [f"{k + 1}: {c}" for k, c in enumerate(clusters.counts)]
+    plots.gallery(averages, folder / "class_averages.png", titles, title="class averages (class: particles)")
+    plots.gallery(decoded, folder / "class_decoded.png", titles, title="generator at each cluster centre")
+    grid, axis_names = plots.traversal_latents(z)
+    images = decode_latents(model, grid.reshape(-1, z.shape[1]), device).reshape(*grid.shape[:2], *decoded.shape[1:])
+    plots.image_grid(images, folder / "latent_traversal.png", title=f"latent traversal (rows: {axis_names[0]}, "
+                     f"columns: {axis_names[1]})")
+    curves = Path(rundir) / "metrics.csv" if rundir is not None else None
+    if curves is not None and curves.is_file() and len(table := pd.read_csv(curves)):
+        plots.training_curves(table, folder / "training_curves.png")
+    if any(key in encoding for key in POSE_KEYS):
+        plots.pose_histograms(*inplane_pose(encoding, n), folder / "poses.png")
+    if "mask" in encoding:
+        mask = encoding["mask"][0] if encoding["mask"].ndim > 1 and len(encoding["mask"]) == n else encoding["mask"]
+        plots.mask_plot(mask, folder / "mask.png")
+        if mask.size == z.shape[1]:  # a mask over the latent vector: swap the acted-on and invariant parts
+            swap = _latent_swap(z, clusters, mask)
+            images = decode_latents(model, swap.reshape(-1, z.shape[1]), device).reshape(*swap.shape[:2],
+                                                                                         *decoded.shape[1:])
+            plots.image_grid(images, folder / "latent_swap.png", title="rows: masked (acted-on) part from one "
+                             "particle; columns: the rest from another")
+
+
+def _latent_swap(z, clusters: Clusters, mask, count: int = 6) -> np.ndarray:
+    """(c, c, k) latents mixing the masked part of particle i's z with the unmasked part of particle j's, for the
+    particle nearest each of the first c <= ``count`` cluster centres."""
+    centres = clusters.centres[:count]
+    picks = z[np.argmin(((z[None] - centres[:, None]) ** 2).sum(-1), axis=1)]
+    return mask * picks[:, None, :] + (1 - mask) * picks[None, :, :]
+
+
+def _from_cwd(path) -> str:
+    return os.path.relpath(Path(path).resolve(), Path.cwd())
