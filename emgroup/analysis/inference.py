@@ -75,15 +75,13 @@ def inplane_pose(encoding: dict, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def relion_pose_columns(encoding: dict, n: int, apix: float) -> pd.DataFrame:
-    """The inferred poses as RELION 3.1 columns (degrees, Å): ``rlnAnglePsi``, ``rlnOriginXAngst/YAngst`` when the
-    model infers an in-plane pose, ``rlnAngleRot/Tilt/Psi`` (and origins) when it infers a rotation in SO(3)."""
+    """The inferred poses as RELION 3.1 columns (degrees, Å): ``rlnAnglePsi``, ``rlnOriginXAngst/YAngst``, plus
+    ``rlnAngleRot/Tilt`` for models that infer a rotation in SO(3). A model without a pose entry sees each image
+    as it is: it gets the identity pose."""
     columns = {}
     if "rotation" in encoding:
         rot, tilt, _ = matrix_to_euler(np.asarray(encoding["rotation"]))
         columns |= {"rlnAngleRot": rot, "rlnAngleTilt": tilt}
-    if any(key in encoding for key in POSE_KEYS):
-        psi, origin_x, origin_y = relion_from_model(*inplane_pose(encoding, n), apix)
-        columns |= {"rlnAnglePsi": psi}
-        if "shift" in encoding:
-            columns |= {"rlnOriginXAngst": origin_x, "rlnOriginYAngst": origin_y}
+    psi, origin_x, origin_y = relion_from_model(*inplane_pose(encoding, n), apix)
+    columns |= {"rlnAnglePsi": psi, "rlnOriginXAngst": origin_x, "rlnOriginYAngst": origin_y}
     return pd.DataFrame(columns, index=pd.RangeIndex(n))

@@ -104,8 +104,9 @@ def analyze(model, stack, outdir, rundir=None, options: Options | None = None) -
 
 
 def particles_table(meta: pd.DataFrame, encoding: dict, labels, apix: float) -> pd.DataFrame:
-    """The input particles with the inferred pose (RELION 3.1 labels; the identity pose for models that infer
-    none), ``rlnClassNumber`` (1-based cluster) and the latent means as ``rlnEmgroupLatent1..k``."""
+    """The input particles with the inferred pose (RELION 3.1 labels, see
+    :func:`emgroup.analysis.inference.relion_pose_columns`), ``rlnClassNumber`` (1-based cluster) and the latent
+    means as ``rlnEmgroupLatent1..k``."""
     n = len(meta)
     z = np.asarray(encoding["z"]).reshape(n, -1)
     kept = meta.drop(columns=[c for c in meta if c in REPLACED or c.startswith(LATENT_LABEL)])

@@ -1,0 +1,234 @@
+"""`emgroup analyze`: clustering, streamed inference through the model interface, and the command end to end —
+every output read back (by RELION 3.1 and cryoSPARC's reader too), poses and classes consistent across files."""
+
+import json
+import subprocess
+
+import h5py
+import mrcfile
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from emgroup.analysis import clustering
+from emgroup.analysis.clustering import cluster_latents
+from emgroup.analysis.inference import encode_stack, relion_pose_columns
+from emgroup.analysis.metrics import clustering_accuracy, image_correlation
+from emgroup.data.poses import model_from_relion, relion_from_model
+from emgroup.data.stack import ParticleStack, write_particles
+from emgroup.io.cryosparc import read_cs
+from emgroup.io.star import optics_table, read_star
+from emgroup.models.registry import build_model
+from emgroup.train.checkpoint import load_run
+
+BOX, APIX = 32, 3.0
+
+
+# --- clustering -------------------------------------------------------------------------------------------------
+
+def three_groups(rng, sizes=(50, 30, 20)):
+    centres = np.array([[0.0, 0.0, 0.0], [6.0, 0.0, 1.0], [0.0, 6.0, -2.0]])
+    truth = np.repeat(np.arange(3), sizes)
+    return centres[truth] + rng.normal(0, 0.5, (truth.size, 3)), truth
+
+
+@pytest.mark.parametrize("method", clustering.METHODS)
+def test_clustering_finds_separated_groups_numbered_by_size(method):
+    features, truth = three_groups(np.random.default_rng(0))
+    for k in (3, "auto"):
+        clusters = cluster_latents(features, k, method, max_clusters=6)
+        assert clusters.n_clusters == 3 and clustering_accuracy(truth, clusters.labels) == 1.0
+        assert clusters.counts.tolist() == [50, 30, 20] and np.array_equal(clusters.labels, truth)
+        np.testing.assert_allclose(clusters.centres, [features[truth == c].mean(0) for c in range(3)])
+    assert set(clusters.scores) == set(range(2, 7))
+
+
+def test_agglomerative_beyond_its_memory_limit_assigns_every_point(monkeypatch):
+    monkeypatch.setattr(clustering, "AGGLOMERATIVE_LIMIT", 40)
+    features, truth = three_groups(np.random.default_rng(1), sizes=(150, 100, 50))
+    clusters = cluster_latents(features, 3, "agglomerative")
+    assert clustering_accuracy(truth, clusters.labels) == 1.0 and clusters.counts.sum() == 300
+
+
+# --- inference through the model interface ------------------------------------------------------------------------
+
+@pytest.fixture
+def small_stack(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    images = np.random.default_rng(2).normal(size=(23, BOX, BOX)).astype(np.float32)
+    write_particles("p.star", [images], pd.DataFrame(index=range(23)), optics_table(APIX, BOX), APIX)
+    return ParticleStack.open("p.star")
+
+
+def test_encode_stack_streams_like_one_pass_and_decodes_in_own_or_canonical_pose(small_stack):
+    torch.manual_seed(0)
+    model = build_model("spatial", {"z_dim": 3, "hidden": 16}, BOX).eval()
+    images = torch.from_numpy(small_stack.images())
+    with torch.no_grad():
+        whole = model.encode(images)
+        own, canonical = model.decode(whole), model.decode({"z": whole["z"]})
+    for want, flag in [(own, False), (canonical, True)]:
+        received = []
+        with h5py.File("e.h5", "w", driver="core", backing_store=False) as h5:
+            stored = encode_stack(model, small_stack, h5, batch_size=5, canonical=flag, progress=False,
+                                  decoded=lambda idx, inp, rec: received.append((idx, inp, rec)))
+            assert set(stored) == set(whole)
+            for name, value in whole.items():
+                np.testing.assert_allclose(stored[name][:], value.numpy(), rtol=1e-5, atol=1e-5)
+        assert np.array_equal(np.concatenate([r[0] for r in received]), np.arange(23))
+        np.testing.assert_array_equal(np.concatenate([r[1] for r in received]), images.numpy())
+        np.testing.assert_allclose(np.concatenate([r[2] for r in received]), want.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_relion_pose_columns_round_trip_and_identity_pose_for_pose_free_models():
+    rng = np.random.default_rng(3)
+    theta, shift = rng.uniform(-np.pi, np.pi, 10), rng.normal(0, 2, (10, 2))
+    table = relion_pose_columns({"z": np.zeros((10, 1)), "theta": theta, "shift": shift}, 10, APIX)
+    back_theta, back_shift = model_from_relion(table["rlnAnglePsi"], table["rlnOriginXAngst"],
+                                               table["rlnOriginYAngst"], APIX)
+    np.testing.assert_allclose(np.exp(1j * back_theta), np.exp(1j * theta), atol=1e-12)
+    np.testing.assert_allclose(back_shift, shift, atol=1e-12)
+    identity = relion_pose_columns({"z": np.zeros((4, 1))}, 4, APIX)
+    assert list(identity) == ["rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst"] and not identity.any().any()
+
+
+# --- the command, end to end ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def analyzed(tmp_path_factory):
+    """A tiny spatial-VAE trained for 2 epochs on 200 simulated particles, analyzed with 3 clusters (k-means):
+    (project folder, run folder, output folder); paths in the outputs are relative to the project folder."""
+    from click.testing import CliRunner
+
+    from emgroup.cli.main import cli
+
+    folder = tmp_path_factory.mktemp("analyze")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        torch.set_num_threads(1)
+        for args in (["simulate", "-o", "sim", "-n", 200, "--box", BOX, "--apix", APIX, "--shift-sigma", 2,
+                      "--conformations", 3, "--pdb2", _adk_open(), "--snr", 1, "--no-progress"],
+                     ["train", "sim/particles.star", "-o", "run", "--model", "spatial", "--epochs", 2, "--hidden", 32,
+                      "--batch-size", 50, "--no-progress"],
+                     ["analyze", "run", "-o", "out", "--clusters", 3, "--cluster-method", "kmeans", "--batch-size",
+                      64, "--no-progress"]):
+            result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+            assert result.exit_code == 0, result.output
+    return folder
+
+
+def _adk_open():
+    import importlib.resources
+
+    return importlib.resources.files("emgroup.demo_data") / "adk_open.pdb"
+
+
+@pytest.mark.slow
+def test_outputs_agree_with_each_other_and_read_back(analyzed, monkeypatch):
+    monkeypatch.chdir(analyzed)
+    particles, optics = read_star("out/particles.star")
+    source, _ = read_star("sim/particles.star")
+    assert len(particles) == 200 and optics["rlnImagePixelSize"].item() == APIX
+    assert np.array_equal(particles["rlnImageName"], source["rlnImageName"])  # same particles, same order
+    with h5py.File("out/latents.h5") as h5:
+        z, theta, shift = h5["encoding/z"][:], h5["encoding/theta"][:], h5["encoding/shift"][:]
+        classes = h5["class_number"][:]
+        assert h5["encoding/z_std"].shape == (200, 2) and np.array_equal(h5["particle_index"][:], np.arange(200))
+    np.testing.assert_allclose(particles[["rlnEmgroupLatent1", "rlnEmgroupLatent2"]], z, rtol=1e-6, atol=1e-7)
+    assert np.array_equal(particles["rlnClassNumber"], classes) and set(classes) == {1, 2, 3}
+    psi, origin_x, origin_y = relion_from_model(theta, shift, APIX)
+    np.testing.assert_allclose(particles["rlnAnglePsi"], psi, atol=1e-4)
+    np.testing.assert_allclose(particles[["rlnOriginXAngst", "rlnOriginYAngst"]], np.column_stack([origin_x, origin_y]),
+                               atol=1e-5)
+
+    cs, _ = read_cs("out/particles.cs")  # cryoSPARC fields: radians, pixels, 0-based classes
+    np.testing.assert_allclose(cs["rlnAnglePsi"], particles["rlnAnglePsi"], atol=1e-3)
+    np.testing.assert_allclose(cs[["rlnOriginXAngst", "rlnOriginYAngst"]], particles[["rlnOriginXAngst",
+                                                                                      "rlnOriginYAngst"]], atol=1e-4)
+    assert np.array_equal(cs["rlnClassNumber"], classes) and np.array_equal(cs["rlnImageName"],
+                                                                            particles["rlnImageName"])
+
+    table, _ = read_star("out/classes.star")
+    counts = np.bincount(classes)[1:]
+    assert np.array_equal(table["rlnEmgroupParticleCount"], counts)
+    np.testing.assert_allclose(table["rlnClassDistribution"], counts / 200)
+    assert table["rlnReferenceImage"].tolist() == [f"00000{k}@out/class_averages.mrcs" for k in (1, 2, 3)]
+    assert mrcfile.read("out/class_averages.mrcs").shape == mrcfile.read("out/class_decoded.mrcs").shape == (3, BOX,
+                                                                                                              BOX)
+    denoised = ParticleStack.open("out/denoised.star")
+    assert len(denoised) == 200 and denoised.apix == APIX
+    model, _ = load_run("run", "best")
+    with torch.no_grad():
+        expected = model.decode(model.encode(torch.from_numpy(ParticleStack.open("sim/particles.star").images())))
+    np.testing.assert_allclose(denoised.images(), expected.numpy(), atol=1e-4)
+
+    metrics = json.loads((analyzed / "out/metrics.json").read_text())
+    assert {"rotation_circular_correlation", "translation_pearson_x", "translation_pearson_y",
+            "latent_conformation_abs_pearson", "denoised_clean_correlation", "input_clean_correlation"} <= set(metrics)
+    assert all(-1 <= metrics[k] <= 1 for k in metrics if k != "latent_conformation_dim")
+    figures = {p.name for p in (analyzed / "out/figures").iterdir()}
+    assert {"latent_map.png", "class_averages.png", "class_decoded.png", "latent_traversal.png",
+            "training_curves.png", "poses.png"} <= figures
+
+
+@pytest.mark.slow
+def test_canonical_denoising_and_other_clustering(analyzed, run_emgroup, monkeypatch):
+    monkeypatch.chdir(analyzed)
+    result = run_emgroup("analyze", "run", "sim/particles.star", "-o", "canon", "--canonical", "--clusters", 2,
+                         "--cluster-method", "agglomerative", "--checkpoint", "last", "--no-progress")
+    assert result.exit_code == 0, result.output
+    denoised = ParticleStack.open("canon/denoised.star")
+    assert not denoised.meta[["rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst"]].any().any()
+    model, _ = load_run("run", "last")
+    with h5py.File("canon/latents.h5") as h5:
+        z = torch.from_numpy(h5["encoding/z"][:])
+        assert h5.attrs["cluster_method"] == "agglomerative" and set(h5["class_number"][:]) == {1, 2}
+    with torch.no_grad():
+        np.testing.assert_allclose(denoised.images(), model.decode({"z": z}).numpy(), atol=1e-4)
+    assert "denoised_clean_correlation" not in json.loads((analyzed / "canon/metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(analyzed, run_emgroup, monkeypatch):
+    monkeypatch.chdir(analyzed)
+    images = ParticleStack.open("sim/particles.star").images(np.arange(4))
+    write_particles("wrong_apix.star", [images], pd.DataFrame(index=range(4)), optics_table(2.0, BOX), 2.0)
+    write_particles("wrong_box.star", [images[:, :16, :16]], pd.DataFrame(index=range(4)), optics_table(APIX, 16), APIX)
+    (analyzed / "empty_run").mkdir()
+    (analyzed / "empty_run" / "config.json").write_text((analyzed / "run" / "config.json").read_text())
+    cases = [(["run", "wrong_apix.star"], "pixel size"), (["run", "wrong_box.star"], "box 16 px"),
+             (["empty_run"], "checkpoint"), (["run", "--checkpoint", "newest"], "checkpoint")]
+    for args, words in cases:
+        result = run_emgroup("analyze", *args, "-o", "never")
+        assert result.exit_code == 2 and words in result.output and len(result.output.strip().splitlines()) == 1
+        assert not (analyzed / "never").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.relion
+def test_relion_reads_every_output_and_its_own_alignment_gives_our_class_averages(analyzed, monkeypatch):
+    monkeypatch.chdir(analyzed)
+    particles, _ = read_star("out/particles.star")
+
+    def relion(*args):
+        return subprocess.run([str(a) for a in args], check=True, capture_output=True, text=True).stdout
+
+    # relion_star_handler parses our class numbers (selection by value) and keeps our extra labels
+    relion("relion_star_handler", "--i", "out/particles.star", "--o", "class1.star", "--select", "rlnClassNumber",
+           "--minval", 1, "--maxval", 1)
+    selected, _ = read_star("class1.star")
+    assert len(selected) == (particles["rlnClassNumber"] == 1).sum()
+    np.testing.assert_allclose(selected["rlnEmgroupLatent1"], particles.loc[particles["rlnClassNumber"] == 1,
+                                                                            "rlnEmgroupLatent1"], rtol=1e-6)
+    for star in ("out/denoised.star", "out/classes.star"):
+        relion("relion_star_handler", "--i", star, "--o", "copy.star")
+        assert len(read_star("copy.star")[0]) == len(read_star(star)[0])
+    for stack in ("out/class_averages.mrcs", "out/class_decoded.mrcs", "out/denoised.mrcs"):
+        assert "avg=" in relion("relion_image_handler", "--i", stack, "--stats").replace(" ", "")
+
+    relion("relion_stack_create", "--i", "out/particles.star", "--o", "aligned", "--apply_transformation")
+    aligned = mrcfile.read("aligned.mrcs")
+    labels = particles["rlnClassNumber"].to_numpy()
+    theirs = np.stack([aligned[labels == k].mean(0) for k in (1, 2, 3)])
+    assert np.all(image_correlation(theirs, mrcfile.read("out/class_averages.mrcs")) >= 0.95)
