@@ -1,0 +1,132 @@
+"""spatial-VAE (Bepler, Zhong, Kelley, Brignole & Berger, NeurIPS 2019).
+
+An MLP encoder on the flattened image infers Gaussian posteriors q(z), q(theta) and q(shift); the generator
+(:class:`~emgroup.models.generator.CoordinateGenerator`, linear coordinate branch, tanh) draws every pixel from
+its transformed coordinate ``R(theta) x + shift`` and z, so rotation and translation are explicit and z holds the
+content. Pose convention: ``image(x) = canonical(R(theta) x + shift)``, theta in radians, shift in pixels (x, y)
+(:mod:`emgroup.models.grids`).
+
+Priors: z ~ N(0, I); shift ~ N(0, shift_sigma^2) per axis (the encoder predicts the shift in units of
+shift_sigma); theta ~ N(0, sigma^2) (``normal:SIGMA_DEG``) or, for ``uniform``, the paper's KL without the mean
+term (eq. 3) against a width of pi. The Gaussian likelihood learns one noise sigma for all pixels.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from emgroup.models import losses
+from emgroup.models.base import Model, option
+from emgroup.models.generator import CoordinateGenerator
+from emgroup.models.grids import coordinate_grid, resample_images, transform_grid, wrap_angle
+from emgroup.models.mlp import MLPConfig, mlp, noise_log_sigma, sample_gaussian
+
+#: width (radians) of the angle term of the modified KL when the angle has no prior mean (the paper's default)
+UNIFORM_THETA_WIDTH = math.pi
+
+
+def parse_theta_prior(spec: str) -> float | None:
+    """'uniform' -> None (no prior mean: eq. 3); 'normal:SIGMA_DEG' -> sigma in radians. ValueError otherwise."""
+    if spec == "uniform":
+        return None
+    kind, _, sigma = spec.partition(":")
+    try:
+        value = float(sigma) if kind == "normal" else -1.0
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"--theta-prior must be 'uniform' or 'normal:SIGMA_DEG' with SIGMA_DEG > 0, not {spec!r}")
+    return math.radians(value)
+
+
+@dataclass
+class SpatialVAEConfig(MLPConfig):
+    rotation: bool = option(True, "Infer an in-plane rotation per particle.")
+    translation: bool = option(True, "Infer an in-plane translation per particle.")
+    theta_prior: str = option("uniform", "Prior on the in-plane angle: 'uniform' (spatial-VAE's KL without a prior "
+                              "mean, eq. 3) or 'normal:SIGMA_DEG' (N(0, SIGMA^2), SIGMA in degrees).")
+    shift_sigma: float = option(2.0, "Std of the Gaussian prior on the translation, pixels per axis.")
+    augment_rotation: bool = option(False, "Rotate each encoder input by a random angle in [-180, 180) degrees "
+                                    "(batched, on the device) and subtract it from the predicted angle.")
+    freeze_z_epochs: int = option(0, "Number of first epochs with z held at 0 (the pose is learned first).")
+
+
+class SpatialVAE(Model):
+    name = "spatial"
+    Config = SpatialVAEConfig
+
+    def __init__(self, config: SpatialVAEConfig, box: int):
+        super().__init__(config, box)
+        self.theta_prior = parse_theta_prior(config.theta_prior)
+        n_pose = 2 * (int(config.rotation) + 2 * int(config.translation))  # means and log-stds
+        self.encoder = mlp(box * box, config.hidden, config.layers, 2 * config.z_dim + n_pose)
+        self.generator = CoordinateGenerator(config.z_dim, config.hidden, config.layers, "tanh")
+        self.log_sigma = noise_log_sigma(config.likelihood)
+        self.register_buffer("grid", coordinate_grid(box), persistent=False)
+        self.z_frozen = False
+
+    def on_epoch_start(self, epoch):
+        self.z_frozen = epoch < self.config.freeze_z_epochs
+
+    def _posterior(self, images):
+        """(mean, log-std) of z (N, k), theta (N,) rad and shift (N, 2) px; None for a pose not inferred."""
+        out = self.encoder(images.flatten(1))
+        k = self.config.z_dim
+        post = {"z": (out[:, :k], out[:, k:2 * k]), "theta": None, "shift": None}
+        rest = out[:, 2 * k:]
+        if self.config.rotation:
+            post["theta"], rest = (rest[:, 0], rest[:, 1]), rest[:, 2:]
+        if self.config.translation:  # predicted in prior-std units, reported in pixels
+            sigma = self.config.shift_sigma
+            post["shift"] = (rest[:, :2] * sigma, rest[:, 2:4] + math.log(sigma))
+        return post
+
+    def _render(self, z, theta=None, shift=None):
+        """Generator output (logits or means) (N, D, D) in the pose (theta, shift); canonical where None."""
+        n = z.shape[0]
+        coords = (self.grid.expand(n, *self.grid.shape) if theta is None and shift is None
+                  else transform_grid(self.grid, theta, shift))
+        return self.generator(coords, z).view(n, self.box, self.box)
+
+    def loss(self, batch):
+        images = batch["images"]
+        gamma = None
+        if self.config.augment_rotation and self.config.rotation and self.training:
+            gamma = (torch.rand(images.shape[0], device=images.device) * 2 - 1) * math.pi
+        # rotating the input by gamma turns a particle of pose (theta, t) into one of pose (theta + gamma, t)
+        post = self._posterior(images if gamma is None else resample_images(images, gamma))
+        mu, logstd = post["z"]
+        z = torch.zeros_like(mu) if self.z_frozen else sample_gaussian(mu, logstd)
+        kl = {"kl_z": torch.zeros_like(mu).sum(1) if self.z_frozen else losses.gaussian_kl(mu, logstd).sum(1)}
+        theta = shift = None
+        if post["theta"] is not None:
+            mu, logstd = post["theta"]
+            mu = mu if gamma is None else mu - gamma
+            theta = sample_gaussian(mu, logstd)
+            kl["kl_theta"] = (losses.angle_kl_without_mean(logstd, UNIFORM_THETA_WIDTH) if self.theta_prior is None
+                              else losses.gaussian_kl(mu, logstd, 0.0, self.theta_prior))
+        if post["shift"] is not None:
+            mu, logstd = post["shift"]
+            shift = sample_gaussian(mu, logstd)
+            kl["kl_shift"] = losses.gaussian_kl(mu, logstd, 0.0, self.config.shift_sigma).sum(1)
+        recon = losses.image_nll(self.config.likelihood, self._render(z, theta, shift), images, self.log_sigma)
+        terms = {"recon": recon.mean(), "kl": sum(kl.values()).mean(), **{k: v.mean() for k, v in kl.items()}}
+        return {"loss": terms["recon"] + terms["kl"], **terms}
+
+    def encode(self, images):
+        """Posterior means and stds: z, z_std (N, k); theta, theta_std (N,) rad (theta wrapped to [-pi, pi));
+        shift, shift_std (N, 2) px (x, y) — the pose entries only when inferred."""
+        post = self._posterior(images)
+        latent = {}
+        for name, value in post.items():
+            if value is not None:
+                latent[name], latent[f"{name}_std"] = value[0], torch.exp(value[1])
+        if "theta" in latent:
+            latent["theta"] = wrap_angle(latent["theta"])
+        return latent
+
+    def decode(self, latent):
+        """Expected images (N, D, D) at ``z`` in the pose ``theta``/``shift`` (canonical where absent)."""
+        output = self._render(latent["z"], latent.get("theta"), latent.get("shift"))
+        return losses.mean_image(self.config.likelihood, output)
