@@ -81,3 +81,18 @@ def relion_project(tmp_path):
         return mrcfile.read(folder / "projections.mrcs").reshape(len(particles), *volume.shape[1:])
 
     return project
+
+
+@pytest.fixture(scope="session")
+def tiny_particles(tmp_path_factory) -> Path:
+    """STAR of 250 simulated adenylate-kinase particles (16 px, 7 Å/px, uniform in-plane rotation, CTF, SNR 10),
+    preprocessed (normalized, 25 marked 'val' in rlnEmgroupSplit): made once per session by the CLI."""
+    from emgroup.cli.main import cli
+
+    folder = tmp_path_factory.mktemp("tiny_particles")
+    for args in (["simulate", "-o", folder / "sim", "-n", 250, "--box", 16, "--apix", 7, "--views", "inplane",
+                  "--rotation", "uniform", "--snr", 10, "--seed", 0, "--no-progress"],
+                 ["preprocess", folder / "sim" / "particles.star", "-o", folder / "prep", "--no-progress"]):
+        result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    return folder / "prep" / "particles.star"

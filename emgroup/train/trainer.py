@@ -37,6 +37,9 @@ from emgroup.train.data import batch_loader, open_particles, split_indices
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: settings a resumed run may change; the others must stay as the run's config.json has them
 RESUME_MAY_CHANGE = ("epochs", "device", "num_workers")
+#: relative decrease of the monitored loss that counts as an improvement (best.pt, early stopping; the LR
+#: schedule uses ReduceLROnPlateau's own default, also 1e-4 relative)
+MIN_IMPROVEMENT = 1e-4
 
 
 @dataclass
@@ -167,7 +170,7 @@ class Trainer:
         val = self._pass(self.val_loader, self.val_sampler, train=False) if len(self.val_sampler) else {}
         monitored = (val or train)["loss"]
         self.scheduler.step(monitored)
-        improved = monitored < self.best
+        improved = math.isinf(self.best) or monitored < self.best - MIN_IMPROVEMENT * abs(self.best)
         self.best, self.stale_epochs = (monitored, 0) if improved else (self.best, self.stale_epochs + 1)
         self.epoch += 1
         n_train = sum(self.train_sampler.global_sizes())
@@ -311,7 +314,8 @@ def resume_run(rundir, changes: dict | None = None, *, particles=None, model: st
     settings = TrainSettings(**{f.name: given.get(f.name, stored[f.name]) for f in dataclasses.fields(TrainSettings)})
     state = load_checkpoint(checkpoint_path(rundir, "last"))
     stack = open_particles(config["particles"], model_class(config["model"]).ndim, config.get("root"))
-    config = {**config, "options": {**stored, **dataclasses.asdict(settings)}}
+    config = {**config, "options": {**stored, **dataclasses.asdict(settings)},
+              "world_size": distributed.from_environment().world_size}
     trainer = Trainer(config, settings, stack, rundir, progress)
     trainer.load_state(state)
     if trainer.processes.main:

@@ -1,0 +1,197 @@
+"""`emgroup train`: a short run learns and writes its run folder; inputs are checked; data are streamed in batches."""
+
+import dataclasses
+import json
+import os
+import signal
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from emgroup.data.ctf import stack_ctf
+from emgroup.data.preprocess import SPLIT_COLUMN
+from emgroup.data.stack import ParticleStack
+from emgroup.errors import InputError
+from emgroup.io.star import read_star, write_star
+from emgroup.models.spatial_vae import SpatialVAE
+from emgroup.train.checkpoint import load_checkpoint, load_run
+from emgroup.train.data import EpochBatches, StackBatches, split_indices
+
+SMALL = ["--hidden", 32, "--batch-size", 25, "--no-progress"]
+
+
+@pytest.mark.slow
+def test_short_training_lowers_the_loss_and_writes_the_run(run_emgroup, tiny_particles, tmp_path):
+    run = tmp_path / "run"
+    result = run_emgroup("train", tiny_particles, "-o", run, "--model", "spatial", "--epochs", 5, "--lr", 3e-3,
+                         *SMALL)
+    assert result.exit_code == 0, result.output
+
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert list(metrics["epoch"]) == [1, 2, 3, 4, 5]
+    assert {"train_loss", "val_loss", "lr", "particles_per_s", "seconds"} <= set(metrics.columns)
+    assert metrics["train_loss"].iloc[-1] < metrics["train_loss"].iloc[0] - 1.0
+    assert metrics["val_loss"].iloc[-1] < metrics["val_loss"].iloc[0] - 1.0
+    assert (metrics["particles_per_s"] > 0).all()
+
+    config = json.loads((run / "config.json").read_text())
+    assert (config["model"], config["box"], config["apix"]) == ("spatial", 16, 7.0)
+    assert config["particles"] == str(tiny_particles.resolve())
+    defaults = dataclasses.asdict(SpatialVAE.Config())
+    assert config["options"] == {**defaults, "hidden": 32, "epochs": 5, "batch_size": 25, "lr": 3e-3, "seed": 0,
+                                 "device": "auto", "num_workers": 0, "precision": "fp32", "val_fraction": None,
+                                 "plateau_patience": 10, "early_stop": 20}
+    assert config["version"]
+
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["epoch"] == metrics["epoch"][metrics["val_loss"].idxmin()]
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 5
+    model, loaded = load_run(run, "best")
+    assert isinstance(model, SpatialVAE) and not model.training and loaded == best["config"]
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, best["model"][name])
+    latent = model.encode(torch.from_numpy(ParticleStack.open(tiny_particles).images([0, 1, 2])))
+    assert latent["z"].shape == (3, 2) and latent["theta"].shape == (3,)
+
+
+def _losses(run):
+    metrics = pd.read_csv(run / "metrics.csv")
+    return metrics[[c for c in metrics.columns if c.endswith("loss") or c == "lr"]]
+
+
+@pytest.mark.slow
+def test_same_seed_gives_the_same_metrics(run_emgroup, tiny_particles, tmp_path):
+    for name, seed in [("a", 0), ("b", 0), ("c", 1)]:
+        result = run_emgroup("train", tiny_particles, "-o", tmp_path / name, "--model", "vae", "--epochs", 2,
+                             "--seed", seed, *SMALL)
+        assert result.exit_code == 0, result.output
+    pd.testing.assert_frame_equal(_losses(tmp_path / "a"), _losses(tmp_path / "b"))
+    assert not np.allclose(_losses(tmp_path / "a"), _losses(tmp_path / "c"))
+
+
+@pytest.mark.slow
+def test_plateau_halves_the_rate_and_early_stopping_ends_the_run(run_emgroup, tiny_particles, tmp_path):
+    # frozen z and no pose: a deterministic loss; at lr 1e-6 it never improves (by 1e-4 relative) after epoch 1
+    result = run_emgroup("train", tiny_particles, "-o", tmp_path / "run", "--model", "spatial", "--lr", 1e-6,
+                         "--freeze-z-epochs", 100, "--no-rotation", "--no-translation", "--epochs", 20,
+                         "--plateau-patience", 1, "--early-stop", 3, *SMALL)
+    assert result.exit_code == 0, result.output
+    assert "stopped early" in result.output
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    # epoch 1 improves; epochs 2 and 3 do not (> patience 1: halve); after epoch 4, 3 epochs without improvement
+    np.testing.assert_allclose(metrics["lr"], [1e-6, 1e-6, 1e-6, 5e-7])
+
+
+@pytest.mark.slow
+def test_a_run_folder_is_refused_unless_resume_or_force(run_emgroup, tiny_particles, tmp_path):
+    run = tmp_path / "run"
+    assert run_emgroup("train", tiny_particles, "-o", run, "--model", "vae", "--epochs", 1, *SMALL).exit_code == 0
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
+    result = run_emgroup("train", tiny_particles, "-o", run, "--model", "vae", "--epochs", 1, *SMALL)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"emgroup: error: {run}: holds another run; pass --resume to continue it or --force to replace it"]
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+    result = run_emgroup("train", tiny_particles, "-o", run, "--model", "vae", "--epochs", 1, "--z-dim", 3,
+                         "--force", *SMALL)
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "config.json").read_text())["options"]["z_dim"] == 3
+
+
+def _volumes_star(particles, folder):
+    """A copy of ``particles`` whose optics table says the images are 3-D."""
+    meta, optics = read_star(particles)
+    write_star(folder / "volumes.star", meta, optics.assign(rlnImageDimensionality=3))
+    return folder / "volumes.star"
+
+
+@pytest.mark.parametrize("case", ["foreign option", "bad model option", "missing file", "3-D data",
+                                  "bad device"])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(run_emgroup, tiny_particles, tmp_path, case):
+    args = {"foreign option": [tiny_particles, "--model", "spatial", "--beta", 4],
+            "bad model option": [tiny_particles, "--model", "spatial", "--theta-prior", "cauchy"],
+            "missing file": [tmp_path / "none.star", "--model", "vae"],
+            "3-D data": [_volumes_star(tiny_particles, tmp_path), "--model", "vae"],
+            "bad device": [tiny_particles, "--model", "vae", "--device", "tpu"]}[case]
+    expected = {"foreign option": "--beta: not an option of --model spatial", "bad model option": "cauchy",
+                "missing file": "none.star: no such file", "3-D data": "holds 3-D volumes",
+                "bad device": "--device tpu"}[case]
+    result = run_emgroup("train", *args, "-o", tmp_path / "run")
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("emgroup: error:") and expected in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_help_lists_every_model_option_with_units_and_defaults(run_emgroup):
+    result = run_emgroup("train", "--help")
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    for flag in ["--z-dim", "--hidden", "--beta", "--no-rotation", "--no-translation", "--theta-prior",
+                 "--shift-sigma", "--likelihood", "--augment-rotation", "--freeze-z-epochs", "--model [vae|spatial",
+                 "--epochs", "--batch-size", "--lr", "--seed", "--device", "--num-workers", "--precision",
+                 "--val-fraction", "--plateau-patience", "--early-stop", "--resume", "--force", "--root"]:
+        assert flag in text
+    assert "pixels per axis. [default: 2.0 (spatial)]" in text  # --shift-sigma, with its unit
+    assert "[default: 1.0 (vae)]" in text  # --beta
+    assert "SIGMA in degrees" in text
+
+
+def test_split_comes_from_the_preprocess_column_unless_a_fraction_is_given(tiny_particles):
+    stack = ParticleStack.open(tiny_particles)
+    train, val = split_indices(stack, None, seed=0)
+    np.testing.assert_array_equal(val, np.flatnonzero(stack.meta[SPLIT_COLUMN] == "val"))
+    assert len(val) == 25 and len(train) == 225
+    train, val = split_indices(stack, 0.2, seed=5)
+    assert len(val) == 50 and sorted(np.concatenate([train, val])) == list(range(250))
+    with pytest.raises(InputError, match="no particle left for training"):
+        split_indices(stack.subset(val[:1]), None, seed=0)
+
+
+def test_batches_of_ranks_make_up_the_single_process_batch():
+    indices = np.arange(100, 123)  # 23 particles, global batches of 5: the last one has 3
+    single = EpochBatches(indices, 5, seed=3)
+    ranks = [EpochBatches(indices, 5, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    for sampler in [single, *ranks]:
+        sampler.set_epoch(4)
+    whole = list(single)
+    assert sorted(np.concatenate(whole)) == list(indices) and [len(b) for b in whole] == [5, 5, 5, 5, 3]
+    for batch, share0, share1 in zip(whole, *map(list, ranks), strict=True):
+        assert sorted(share0 + share1) == sorted(batch) and len(share0) - len(share1) in (0, 1)
+    assert list(single) == whole  # same epoch, same order
+    single.set_epoch(5)
+    assert list(single) != whole
+    assert EpochBatches(np.arange(21), 5, seed=0, world_size=2).global_sizes() == [5, 5, 5, 5]  # a lone 1 dropped
+
+
+def test_batches_hold_the_requested_particles_and_their_ctf(tiny_particles):
+    stack = ParticleStack.open(tiny_particles)
+    batch = StackBatches(stack, with_ctf=True)[[7, 2, 200]]
+    np.testing.assert_array_equal(batch["images"].numpy(), stack.images([7, 2, 200]))
+    np.testing.assert_array_equal(batch["ctf"].numpy(), stack_ctf(stack, [7, 2, 200]))
+    assert batch["ctf"].shape == (3, 16, 9) and batch["index"].tolist() == [7, 2, 200]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_cleanly_keeping_the_last_complete_epoch(run_emgroup, tiny_particles, tmp_path, monkeypatch):
+    def terminate_at_epoch_3(self, epoch):
+        if epoch == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(SpatialVAE, "on_epoch_start", terminate_at_epoch_3)
+    run = tmp_path / "run"
+    result = run_emgroup("train", tiny_particles, "-o", run, "--model", "spatial", "--epochs", 10, *SMALL)
+    assert result.exit_code == 130
+    assert "interrupted" in result.output and "holds epoch 2" in result.output
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2
+    assert len(pd.read_csv(run / "metrics.csv")) == 2
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+
+
+def test_load_run_without_the_checkpoint_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match="no such checkpoint"):
+        load_run(tmp_path, "last")

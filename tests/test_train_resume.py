@@ -1,0 +1,64 @@
+"""`emgroup train --resume` continues a stopped (or SIGKILLed) run exactly as if it had never stopped."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from emgroup.train.checkpoint import load_checkpoint
+
+# the full spatial-VAE (sampled z, angle and shift): the RNG state must come back for an exact resume
+OPTIONS = ["--model", "spatial", "--hidden", 32, "--batch-size", 15, "--lr", 2e-3, "--no-progress"]
+
+
+def _losses(run) -> pd.DataFrame:
+    metrics = pd.read_csv(run / "metrics.csv")
+    return metrics.drop(columns=["particles_per_s", "seconds"])
+
+
+@pytest.fixture
+def uninterrupted(run_emgroup, tiny_particles, tmp_path):
+    """Metrics of a 5-epoch run never stopped."""
+    result = run_emgroup("train", tiny_particles, "-o", tmp_path / "whole", "--epochs", 5, *OPTIONS)
+    assert result.exit_code == 0, result.output
+    return _losses(tmp_path / "whole")
+
+
+@pytest.mark.slow
+def test_resume_gives_the_same_epochs_as_an_uninterrupted_run(run_emgroup, tiny_particles, tmp_path, uninterrupted):
+    run = tmp_path / "run"
+    assert run_emgroup("train", tiny_particles, "-o", run, "--epochs", 2, *OPTIONS).exit_code == 0
+    assert len(pd.read_csv(run / "metrics.csv")) == 2
+    result = run_emgroup("train", "-o", run, "--resume", "--epochs", 5, "--no-progress")
+    assert result.exit_code == 0, result.output
+    pd.testing.assert_frame_equal(_losses(run), uninterrupted, rtol=1e-6)
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 5
+
+    # a resumed run keeps its settings: changing one is refused, naming it
+    result = run_emgroup("train", "-o", run, "--resume", "--lr", 0.1)
+    assert result.exit_code == 2 and "--lr 0.1 differs from the run's 0.002" in result.output
+
+
+@pytest.mark.slow
+def test_a_sigkilled_run_resumes_from_its_last_checkpoint(run_emgroup, tiny_particles, tmp_path, uninterrupted):
+    run = tmp_path / "killed"
+    command = [sys.executable, "-m", "emgroup", "train", tiny_particles, "-o", run, "--epochs", 1000, *OPTIONS]
+    process = subprocess.Popen([str(a) for a in command], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    last = run / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    running = process.poll() is None
+    process.kill()  # SIGKILL: no handler runs, whatever was being written stays half-written
+    process.wait()
+    assert running and last.exists(), process.stderr.read().decode()
+    killed_at = load_checkpoint(last)["epoch"]
+    assert 1 <= killed_at < 5
+
+    result = run_emgroup("train", "-o", run, "--resume", "--epochs", 5, "--no-progress")
+    assert result.exit_code == 0, result.output
+    pd.testing.assert_frame_equal(_losses(run), uninterrupted, rtol=1e-6)
