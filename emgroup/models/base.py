@@ -42,6 +42,12 @@ class Model(nn.Module):
         self.box = box
 
     @classmethod
+    def data_ndim(cls, options: dict) -> int:
+        """Dimensionality of the data a model built from ``options`` trains on (2: images, 3: volumes); the
+        class's ``ndim`` unless an option decides it (e.g. the masked model's ``group``)."""
+        return cls.ndim
+
+    @classmethod
     def from_config(cls, options: dict, box: int) -> "Model":
         """Build from a dict of options (unknown keys and ``None`` values are ignored: defaults apply)."""
         names = {f.name for f in dataclasses.fields(cls.Config)}
