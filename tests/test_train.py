@@ -56,6 +56,21 @@ def test_short_training_lowers_the_loss_and_writes_the_run(run_emgroup, tiny_par
     assert latent["z"].shape == (3, 2) and latent["theta"].shape == (3,)
 
 
+@pytest.mark.slow
+def test_a_3d_model_trains_on_volumes(run_emgroup, tmp_path):
+    result = run_emgroup("simulate", "-o", tmp_path / "sim", "--volumes", "-n", 40, "--box", 16, "--apix", 7,
+                         "--seed", 0, "--no-progress")
+    assert result.exit_code == 0, result.output
+    result = run_emgroup("train", tmp_path / "sim" / "volumes.star", "-o", tmp_path / "run", "--model", "masked",
+                         "--group", "SO3", "--width", 8, "--latent-channels", 4, "--epochs", 2, "--batch-size", 8,
+                         "--no-progress")
+    assert result.exit_code == 0, result.output
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert len(metrics) == 2 and metrics["train_loss"].iloc[1] < metrics["train_loss"].iloc[0]
+    model, config = load_run(tmp_path / "run")
+    assert (model.ndim, config["box"], config["options"]["group"]) == (3, 16, "SO3")
+
+
 def _losses(run):
     metrics = pd.read_csv(run / "metrics.csv")
     return metrics[[c for c in metrics.columns if c.endswith("loss") or c == "lr"]]
@@ -110,15 +125,17 @@ def _volumes_star(particles, folder):
 
 
 @pytest.mark.parametrize("case", ["foreign option", "bad model option", "missing file", "3-D data",
-                                  "bad device"])
+                                  "3-D model", "bad device"])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(run_emgroup, tiny_particles, tmp_path, case):
     args = {"foreign option": [tiny_particles, "--model", "spatial", "--beta", 4],
             "bad model option": [tiny_particles, "--model", "spatial", "--theta-prior", "cauchy"],
             "missing file": [tmp_path / "none.star", "--model", "vae"],
             "3-D data": [_volumes_star(tiny_particles, tmp_path), "--model", "vae"],
+            "3-D model": [tiny_particles, "--model", "masked", "--group", "SO3"],
             "bad device": [tiny_particles, "--model", "vae", "--device", "tpu"]}[case]
     expected = {"foreign option": "--beta: not an option of --model spatial", "bad model option": "cauchy",
                 "missing file": "none.star: no such file", "3-D data": "holds 3-D volumes",
+                "3-D model": "not a cubic volume",
                 "bad device": "--device tpu"}[case]
     result = run_emgroup("train", *args, "-o", tmp_path / "run")
     assert result.exit_code == 2

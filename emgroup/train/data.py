@@ -7,6 +7,7 @@ import torch
 from emgroup.data.ctf import stack_ctf
 from emgroup.data.preprocess import SPLIT_COLUMN, split_labels
 from emgroup.data.stack import ParticleStack
+from emgroup.data.volumes import VolumeStack
 from emgroup.errors import InputError
 
 #: validation fraction used when neither --val-fraction nor a split column is given
@@ -14,11 +15,9 @@ DEFAULT_VAL_FRACTION = 0.1
 
 
 def open_particles(path, ndim: int, root=None):
-    """The stack for a model of dimensionality ``ndim``: a ``ParticleStack`` of 2-D images, or for 3-D models an
-    ``emgroup.data.volumes.VolumeStack``; :class:`InputError` when the file holds the other kind."""
+    """The stack for a model that trains on ``ndim``-D data: a ``ParticleStack`` of 2-D images, or a
+    ``VolumeStack`` of 3-D volumes; :class:`InputError` when the file holds the other kind."""
     if ndim == 3:
-        from emgroup.data.volumes import VolumeStack  # only 3-D models need it
-
         return VolumeStack.open(path, root=root)
     stack = ParticleStack.open(path, root=root)
     dims = stack.optics.get("rlnImageDimensionality")

@@ -273,8 +273,8 @@ def new_run(particles, rundir, model: str, model_options: dict, settings: TrainS
                      - {f.name for f in dataclasses.fields(cls.Config)})
     if foreign:
         raise InputError(f"{', '.join(map(_flag, foreign))}: not an option of --model {model}")
-    stack = open_particles(particles, cls.ndim, root)
     options = {**{k: v for k, v in model_options.items() if v is not None}, **dataclasses.asdict(settings)}
+    stack = open_particles(particles, cls.data_ndim(options), root)
     config = {"model": model, "options": options, "box": stack.box, "apix": stack.apix,
               "particles": str(Path(particles).resolve()), "root": None if root is None else str(root),
               "world_size": distributed.from_environment().world_size, "version": __version__}
@@ -313,7 +313,7 @@ def resume_run(rundir, changes: dict | None = None, *, particles=None, model: st
                              rundir)
     settings = TrainSettings(**{f.name: given.get(f.name, stored[f.name]) for f in dataclasses.fields(TrainSettings)})
     state = load_checkpoint(checkpoint_path(rundir, "last"))
-    stack = open_particles(config["particles"], model_class(config["model"]).ndim, config.get("root"))
+    stack = open_particles(config["particles"], model_class(config["model"]).data_ndim(stored), config.get("root"))
     config = {**config, "options": {**stored, **dataclasses.asdict(settings)},
               "world_size": distributed.from_environment().world_size}
     trainer = Trainer(config, settings, stack, rundir, progress)
