@@ -1,0 +1,117 @@
+"""Group convolutions over P_r, the r in-plane rotations by multiples of 2 pi / r (r divisible by 4).
+
+Feature maps on P_r are laid out channels-last, ``(N, H, W, r, C)``: space, rotation index k, channel (so the
+1x1 group convolutions are single matrix products). Rotation k means the
+angle ``alpha_k = 2 pi k / r`` in the pose convention of :mod:`emgroup.models.grids`: the lifting layer's kernel k
+is ``w_k(x) = w(R(alpha_k) x)`` on pixel coordinates (x = column, y = row). Rotating an image by a quarter turn
+(``torch.rot90(image, 1, (-2, -1))``, which is ``image(R(pi/2) x)`` about the array centre) therefore rotates every
+feature map the same way and rolls the rotation axis by r / 4 (exactly); by 2 pi / r for r > 4 within the
+interpolation error of the rotated kernels.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def disc_mask(size: int, device=None) -> torch.Tensor:
+    """(size, size) float mask of the disc of diameter ``size`` centred on the array centre ``(size - 1) / 2``."""
+    axis = torch.arange(size, device=device, dtype=torch.float32) - (size - 1) / 2
+    return ((axis[:, None] ** 2 + axis[None, :] ** 2) <= (size / 2) ** 2).float()
+
+
+def rotated_kernels(weight: torch.Tensor, rotations: int) -> torch.Tensor:
+    """The kernels ``w(R(alpha_k) x)``, alpha_k = 2 pi k / r, about the array centre: (C_out, C_in, K, K) ->
+    (r, C_out, C_in, K, K).
+
+    The kernels are masked to their inscribed disc (so that rotation neither cuts off nor brings in corners);
+    the angles in [0, pi/2) are interpolated bilinearly (and masked again), the others are exact quarter turns of
+    those, so a quarter turn of the stack is exactly a roll of its first axis by r / 4.
+    """
+    if rotations % 4:
+        raise ValueError(f"the number of rotations must be a multiple of 4, not {rotations}")
+    c_out, c_in, k, _ = weight.shape
+    mask = disc_mask(k, weight.device)
+    base = (weight * mask).reshape(1, c_out * c_in, k, k)
+    angles = torch.arange(rotations // 4, device=weight.device, dtype=weight.dtype) * (2 * math.pi / rotations)
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    # affine_grid maps output (x, y) to input A (x, y): A = R(alpha) samples w(R(alpha) x)
+    affine = torch.stack([torch.stack([cos, -sin, 0 * cos], -1), torch.stack([sin, cos, 0 * cos], -1)], -2)
+    grid = F.affine_grid(affine, (len(angles), 1, k, k), align_corners=True)
+    quarter = F.grid_sample(base.expand(len(angles), -1, -1, -1), grid, align_corners=True) * mask
+    turns = torch.stack([torch.rot90(quarter, q, (-2, -1)) for q in range(4)])  # (4, r/4, C_out*C_in, K, K)
+    return turns.reshape(rotations, c_out, c_in, k, k)
+
+
+def fft_conv2d(images: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
+    """``F.conv2d(images, weight, padding=padding)`` (cross-correlation, zero padding) computed by FFT.
+
+    images (N, C_in, D, D), weight (C_out, C_in, K, K) -> (N, C_out, H, H), H = D + 2 padding - K + 1. The
+    transforms are of size D + 2 padding, where circular correlation has no wrap-around on the H x H outputs; the
+    padding offset is folded into the (cheap) kernel transform, and the inverse transform of the rows is cropped
+    to H before the columns are transformed. Costs O(N C_out L^2 log L) instead of O(N C_out H^2 K^2).
+    """
+    n, c_in, d, _ = images.shape
+    k = weight.shape[-1]
+    size, out = d + 2 * padding, d + 2 * padding - k + 1
+    if out < 1:
+        raise ValueError(f"kernel {k} px is larger than the padded {size} px input")
+    # out[o] = sum_j w[j] x[o + j - padding]: the kernel placed at -padding on the circle
+    kernel = torch.roll(F.pad(weight, (0, size - k, 0, size - k)), (-padding, -padding), (-2, -1))
+    spectrum = torch.einsum("nifx,oifx->nofx", torch.fft.rfft2(images, s=(size, size)),
+                            torch.fft.rfft2(kernel).conj())
+    rows = torch.fft.ifft(spectrum, dim=-2)[..., :out, :]
+    return torch.fft.irfft(rows, n=size, dim=-1)[..., :out]
+
+
+class LiftingConv(nn.Module):
+    """Lifting convolution Z^2 -> P_r: (N, C_in, D, D) -> (N, H, H, r, C_out), H = D + 2 padding - K + 1.
+
+    One convolution with the r C_out stacked rotated kernels (:func:`rotated_kernels`) and one bias per channel
+    (shared by the rotations, as equivariance requires). ``fft`` chooses :func:`fft_conv2d` over the direct
+    ``F.conv2d``; None picks it on CUDA (cuFFT), not on the CPU, where oneDNN's direct convolution is the faster
+    (see benchmarks/throughput.py).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int, rotations: int,
+                 fft: bool | None = None):
+        super().__init__()
+        self.rotations, self.padding, self.fft = rotations, padding, fft
+        bound = 1 / math.sqrt(in_channels * kernel_size**2)
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size).uniform_(
+            -bound, bound))
+        self.bias = nn.Parameter(torch.empty(out_channels).uniform_(-bound, bound))
+
+    def forward(self, images):
+        kernels = rotated_kernels(self.weight, self.rotations).flatten(0, 1)
+        if self.fft if self.fft is not None else images.is_cuda:
+            out = fft_conv2d(images, kernels, self.padding)
+        else:  # channels-last output, so the permute below is a view
+            out = F.conv2d(images.contiguous(memory_format=torch.channels_last),
+                           kernels.contiguous(memory_format=torch.channels_last), padding=self.padding)
+        n, _, h, w = out.shape
+        return out.permute(0, 2, 3, 1).reshape(n, h, w, self.rotations, -1) + self.bias
+
+
+class GroupConv1x1(nn.Module):
+    """1x1 group convolution P_r -> P_r: (N, H, W, r, C_in) -> (N, H, W, r, C_out).
+
+    Each output rotation k mixes the channels of the ``span`` (odd) rotations ``k - span // 2 ... k + span // 2``
+    (cyclically) with weights that depend only on the offset, i.e. a 3-D convolution of kernel (span, 1, 1) with
+    circular padding over the rotation axis; span = 1 is TARGET-VAE's pointwise 3-D convolution. Computed as one
+    matrix product over the channels of the stacked offsets.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, span: int = 1):
+        super().__init__()
+        if span % 2 == 0:
+            raise ValueError(f"the rotation span of a group convolution must be odd, not {span}")
+        self.span = span
+        self.linear = nn.Linear(span * in_channels, out_channels)
+
+    def forward(self, x):
+        if self.span > 1:  # channels of rotations k + o for o = -span // 2 ... span // 2
+            x = torch.cat([torch.roll(x, -o, -2) for o in range(-(self.span // 2), self.span // 2 + 1)], -1)
+        return self.linear(x)
