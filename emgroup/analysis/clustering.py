@@ -1,7 +1,8 @@
 """Clustering of latent vectors with scikit-learn: Ward agglomerative, k-means or a Gaussian mixture.
 
 ``n_clusters="auto"`` picks K in ``2..max_clusters``: for ``gmm`` by the lowest BIC, for ``kmeans`` and
-``agglomerative`` by the highest silhouette score (computed on at most ``SILHOUETTE_SAMPLE`` points).
+``agglomerative`` by the highest silhouette score, each K fitted and scored on the same random subset of at most
+``SELECTION_SAMPLE`` points; the chosen K is then fitted on all points.
 Ward agglomerative clustering needs memory quadratic in the number of points, so above ``AGGLOMERATIVE_LIMIT``
 points it is fitted on a random subset and every point joins the cluster with the nearest centroid.
 Clusters are numbered 0..K-1 by decreasing size.
@@ -16,7 +17,7 @@ from sklearn.mixture import GaussianMixture
 
 METHODS = ("gmm", "kmeans", "agglomerative")
 AGGLOMERATIVE_LIMIT = 10_000
-SILHOUETTE_SAMPLE = 5_000
+SELECTION_SAMPLE = 2_000
 
 
 @dataclass
@@ -47,10 +48,9 @@ def cluster_latents(features, n_clusters: int | str = "auto", method: str = "gmm
     fit = {"gmm": _gmm, "kmeans": _kmeans, "agglomerative": _agglomerative}[method]
     scores = {}
     if n_clusters == "auto":
-        candidates = range(2, max(2, min(max_clusters, len(features) - 1)) + 1)
-        for k in candidates:
-            labels, score = fit(features, k, seed, kmeans_restarts, score=True)
-            scores[k] = score
+        sample = features[_subset(len(features), SELECTION_SAMPLE, seed)]
+        for k in range(2, max(2, min(max_clusters, len(sample) - 1)) + 1):
+            scores[k] = fit(sample, k, seed, kmeans_restarts, score=True)[1]
         best = (min if method == "gmm" else max)(scores, key=scores.get)
     else:
         best = int(n_clusters)
@@ -65,26 +65,28 @@ def _gmm(features, k, seed, restarts, score):
 
 def _kmeans(features, k, seed, restarts, score):
     labels = KMeans(k, n_init=restarts, random_state=seed).fit_predict(features)
-    return labels, _silhouette(features, labels, seed) if score else None
+    return labels, _silhouette(features, labels) if score else None
 
 
 def _agglomerative(features, k, seed, restarts, score):
-    n = len(features)
-    fitted = (np.random.default_rng(seed).choice(n, AGGLOMERATIVE_LIMIT, replace=False) if n > AGGLOMERATIVE_LIMIT
-              else np.arange(n))
+    fitted = _subset(len(features), AGGLOMERATIVE_LIMIT, seed)
     subset_labels = AgglomerativeClustering(k, linkage="ward").fit_predict(features[fitted])
-    if len(fitted) < n:
+    if len(fitted) < len(features):
         labels = _nearest(features, _means(features[fitted], subset_labels, k))
     else:
         labels = subset_labels
-    return labels, _silhouette(features, labels, seed) if score else None
+    return labels, _silhouette(features, labels) if score else None
 
 
-def _silhouette(features, labels, seed) -> float:
+def _silhouette(features, labels) -> float:
     if len(np.unique(labels)) < 2:
         return -1.0
-    return float(silhouette_score(features, labels, sample_size=min(SILHOUETTE_SAMPLE, len(features)),
-                                  random_state=seed))
+    return float(silhouette_score(features, labels))
+
+
+def _subset(n: int, size: int, seed: int) -> np.ndarray:
+    """All of ``range(n)``, or a random sorted subset of ``size`` of them when n > size."""
+    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False)) if n > size else np.arange(n)
 
 
 def _nearest(features, centroids) -> np.ndarray:

@@ -16,6 +16,8 @@ from emgroup.data.poses import matrix_to_euler, relion_from_model
 
 #: encode entries that place the object; without them ``decode`` draws the canonical pose
 POSE_KEYS = ("theta", "shift", "rotation")
+#: pixels decoded per call: coordinate generators hold a (pixels x hidden) activation per layer
+DECODE_PIXELS = 2**16
 
 
 def encode_stack(model, stack, store, batch_size: int = 256, device="cpu",
@@ -46,17 +48,24 @@ def encode_stack(model, stack, store, batch_size: int = 256, device="cpu",
                     store[name][...] = value
             if decoded is not None:
                 keep = {k: v for k, v in encoding.items() if not (canonical and k in POSE_KEYS)}
-                decoded(indices, images, model.decode(keep).float().cpu().numpy())
+                decoded(indices, images, decode(model, keep, len(indices)))
             bar.update(len(indices))
     return dict(store)
 
 
-def decode_latents(model, z, device="cpu", batch_size: int = 256) -> np.ndarray:
-    """Images (n, D, D) float32 the generator draws in the canonical pose at latent vectors ``z`` (n, k)."""
-    z = torch.as_tensor(np.asarray(z), dtype=torch.float32)
+def decode(model, latent: dict, n: int) -> np.ndarray:
+    """``model.decode(latent)`` for ``n`` particles as float32 (n, D, D), in pieces of at most
+    :data:`DECODE_PIXELS` pixels (entries whose leading size is not ``n`` are passed whole)."""
+    step = max(1, DECODE_PIXELS // model.box**2)
     with torch.inference_mode():
-        return np.concatenate([model.decode({"z": part.to(device)}).float().cpu().numpy()
-                               for part in torch.split(z, batch_size)])
+        return np.concatenate([
+            model.decode({k: v[start:start + step] if v.ndim and len(v) == n else v for k, v in latent.items()})
+            .float().cpu().numpy() for start in range(0, n, step)])
+
+
+def decode_latents(model, z, device="cpu") -> np.ndarray:
+    """Images (n, D, D) float32 the generator draws in the canonical pose at latent vectors ``z`` (n, k)."""
+    return decode(model, {"z": torch.as_tensor(np.asarray(z), dtype=torch.float32, device=device)}, len(z))
 
 
 def inplane_pose(encoding: dict, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -64,7 +64,8 @@ def analyze(model, stack, outdir, rundir=None, options: Options | None = None) -
         h5 = files.enter_context(h5py.File(files.enter_context(atomic_path(outdir / "latents.h5")), "w"))
         denoised = (files.enter_context(StackWriter(outdir / "denoised.mrcs", n, stack.box, apix))
                     if options.denoise else None)
-        comparison = _DenoiseComparison(stack, clean) if clean is not None and not options.canonical else None
+        compare = options.denoise and not options.canonical and clean is not None
+        comparison = _DenoiseComparison(stack, clean) if compare else None
 
         def decoded(indices, images, reconstructions):
             denoised.write(reconstructions)
@@ -81,7 +82,7 @@ def analyze(model, stack, outdir, rundir=None, options: Options | None = None) -
     theta, shift = inplane_pose(encoding, n)
     averages, counts = class_averages(stack, clusters.labels, theta, shift, clusters.n_clusters,
                                       options.batch_size, options.progress)
-    decoded_centres = decode_latents(model, clusters.centres, options.device, options.batch_size)
+    decoded_centres = decode_latents(model, clusters.centres, options.device)
     write_star(outdir / "particles.star", table, stack.optics)
     write_cs(outdir / "particles.cs", table, stack.optics)
     if options.denoise:

@@ -93,7 +93,7 @@ def gallery(images, path, titles=None, columns: int = 8, title=None) -> None:
                title=title)
 
 
-def traversal_latents(z, steps: int = 7) -> tuple[np.ndarray, list[str]]:
+def traversal_latents(z, steps: int = 6) -> tuple[np.ndarray, list[str]]:
     """Latent vectors (steps, steps, k) on a grid over the two main axes of ``z`` (N, k) — the latent
     dimensions themselves for k <= 2, else principal axes — from the 5th to the 95th percentile, other
     directions at the mean (k = 1: one row); and the names of the (row, column) axes."""
