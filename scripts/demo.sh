@@ -5,9 +5,16 @@ set -euo pipefail
 out=${1:-demo}
 pdb_open=$(python -c "import importlib.resources as r; print(r.files('emgroup.demo_data') / 'adk_open.pdb')")
 
-# 3,000 adenylate-kinase particles, 40x40 px at 2.5 Å/px, a closed<->open continuum (truth in
-# rlnEmgroupTrueConformation), uniform in-plane rotation, 1 px shifts, CTF, SNR 0.1.
-emgroup simulate -o "$out/simulated" --pdb2 "$pdb_open" -n 3000 --box 40 --apix 2.5 \
-    --rotation uniform --shift-sigma 1 --ctf --defocus 1.0-2.5 --snr 0.1 --seed 0
+# 2,000 adenylate-kinase particles, 40x40 px at 2.5 Å/px, a closed<->open continuum (truth in
+# rlnEmgroupTrueConformation), uniform in-plane rotation, 1 px shifts, CTF, SNR 0.5.
+emgroup simulate -o "$out/simulated" --pdb2 "$pdb_open" -n 2000 --box 40 --apix 2.5 \
+    --rotation uniform --shift-sigma 1 --ctf --defocus 1.0-2.5 --snr 0.5 --seed 0
 # Normalize (RELION convention) and hold out 10% for validation.
 emgroup preprocess "$out/simulated/particles.star" -o "$out/preprocessed" --val-fraction 0.1
+# spatial-VAE: one conformational latent besides rotation and translation (a small generator for a CPU).
+emgroup train "$out/preprocessed/particles.star" -o "$out/run" --force --model spatial --z-dim 1 \
+    --hidden 128 --epochs 10 --batch-size 100 --lr 1e-3 --seed 0
+# Poses, clusters, class averages, denoised particles and figures for RELION/cryoSPARC; metrics.json
+# compares them with the simulated truth.
+emgroup analyze "$out/run" -o "$out/analysis" --clusters 2
+echo "demo finished: open $out/analysis/figures/*.png; $out/analysis/particles.star goes into RELION"
