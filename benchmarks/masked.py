@@ -1,0 +1,187 @@
+"""Benchmark of the masked-latent group-action model (`emgroup train --model masked`).
+
+Two datasets: MNIST digits with SO(2) (``../shared/data/mnist10k.npz``), and adenylate-kinase volumes (closed and
+open, 32^3, random SO(3) orientations) written by `emgroup simulate --volumes` with SO(3). For each, models with
+the same encoder-decoder are trained on pairs (x, T_g x) with rotation angles up to 90 degrees:
+
+* ``masked``: the paper's model (spatial action, learned mask, L_inv and L_const);
+* ``masked-vector``: the vector action instead;
+* ``no-mask``: every latent channel acted on (``--no-mask``);
+* ``no-inv-const``: the learned mask without L_inv and L_const;
+* ``autoencoder``: a plain autoencoder (reconstruction of x only).
+
+Metrics on held-out data: the normalized MSE ``sum (D(Phi_g E x) - T_g x)^2 / sum (T_g x)^2`` of the predicted
+T_g x at angles seen in training (<= 90 degrees) and unseen (90-180 degrees), and the accuracy of a logistic
+regression (scikit-learn) on z_i (on z for the autoencoder) for the digit / the AdK state, fitted on the training
+inputs in random orientations and scored on the held-out ones in random orientations.
+
+    python benchmarks/masked.py [--quick] [--seed 0] [--output benchmarks/results/masked.json]
+"""
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from emgroup.data.volumes import VolumeStack
+from emgroup.models.masked import MaskedGroupAction
+from emgroup.models.so3 import random_rotations, rotation_angle
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+TRAIN_ANGLE = 90.0  # degrees: the largest rotation seen in training
+
+VARIANTS = {
+    "masked": {},
+    "masked-vector": {"action": "vector"},
+    "no-mask": {"mask": False},
+    "no-inv-const": {"inv_weight": 0.0, "const_weight": 0.0},
+    "autoencoder": {"mask": False, "transform_weight": 0.0, "inv_weight": 0.0, "const_weight": 0.0},
+}
+
+
+def mnist(n_train: int, n_test: int):
+    """Digits (n, 28, 28) in [0, 1] (background 0, like the rotation's padding) and labels."""
+    data = np.load(SHARED / "mnist10k.npz")
+    images = torch.from_numpy(data["images"][:n_train + n_test].astype(np.float32) / 255.0)
+    labels = data["labels"][:n_train + n_test].astype(int)
+    return (images[:n_train], labels[:n_train]), (images[n_train:], labels[n_train:])
+
+
+def adk_volumes(n: int, seed: int, folder: Path):
+    """n closed/open AdK volumes (n, 32, 32, 32) from `emgroup simulate --volumes`, scaled to max 1, and states."""
+    subprocess.run([sys.executable, "-m", "emgroup", "simulate", "-o", str(folder), "--volumes", "-n", str(n),
+                    "--box", "32", "--apix", "3.5", "--pdb", str(SHARED / "adk_closed.pdb"), "--pdb2",
+                    str(SHARED / "adk_open.pdb"), "--conformations", "2", "--seed", str(seed), "--no-progress"],
+                   check=True, cwd=folder.parent, capture_output=True)
+    stack = VolumeStack.open(folder / "volumes.star", root=folder.parent)
+    volumes = torch.from_numpy(stack.images())
+    labels = stack.meta["rlnEmgroupTrueConformation"].to_numpy().round().astype(int)
+    half = n * 4 // 5
+    volumes = volumes / volumes.amax()
+    return (volumes[:half], labels[:half]), (volumes[half:], labels[half:])
+
+
+def train(model, data, steps: int, batch: int, seed: int):
+    torch.manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)  # the paper's settings
+    model.train()
+    for _ in range(steps):
+        loss = model.loss({"images": data[torch.randint(0, len(data), (batch,))]})["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    return model
+
+
+def group_elements(model, n: int, low: float, high: float, generator):
+    """n group elements with rotation angles uniform in [low, high] degrees (SO3: Haar, then filtered)."""
+    if model.ndim == 2:
+        sign = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+        return sign * torch.deg2rad(low + (high - low) * torch.rand(n, generator=generator))
+    rotations = random_rotations(20 * n, math.radians(high), generator)
+    return rotations[rotation_angle(rotations) >= math.radians(low)][:n]
+
+
+@torch.no_grad()
+def prediction_error(model, data, low, high, seed) -> float:
+    """Normalized MSE of the predicted T_g x over ``data`` at angles in [low, high] degrees."""
+    generator = torch.Generator().manual_seed(seed)
+    g = group_elements(model, len(data), low, high, generator)
+    x = data[:len(g)] * model.support
+    target = model.transform(x, g)
+    return float(((model.predict(x, g) - target) ** 2).sum() / (target ** 2).sum())
+
+
+@torch.no_grad()
+def features(model, data, seed: int, invariant: bool) -> np.ndarray:
+    """z_i (or z) of the inputs turned by random group elements (the whole group)."""
+    generator = torch.Generator().manual_seed(seed)
+    turned = model.transform(data * model.support, group_elements(model, len(data), 0.0, 180.0, generator))
+    encoding = model.encode(turned)
+    z = encoding["z_i" if invariant else "z"].numpy()
+    if invariant:  # only the invariant channels: drop the zeroed ones
+        z = z[:, np.abs(z).sum(0) > 0]
+    return z
+
+
+def classifier_accuracy(model, train_set, test_set, seed: int, invariant: bool) -> float:
+    x_train, x_test = features(model, train_set[0], seed, invariant), features(model, test_set[0], seed + 1,
+                                                                                  invariant)
+    if x_train.shape[1] == 0:
+        return float("nan")  # no invariant channel
+    fit = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x_train, train_set[1])
+    return float(fit.score(x_test, test_set[1]))
+
+
+def run_dataset(name, train_set, test_set, box, base, steps, batch, seed):
+    rows = []
+    for variant, options in VARIANTS.items():
+        start = time.perf_counter()
+        torch.manual_seed(seed)
+        model = MaskedGroupAction.from_config({**base, **options, "max_angle": TRAIN_ANGLE}, box)
+        train(model, train_set[0], steps, batch, seed)
+        mask = model.channel_mask().detach()
+        invariant = options.get("mask", True)  # z_i where there is a mask, else z
+        row = {"dataset": name, "model": variant, "variant_channels": int(mask.sum()), "channels": len(mask),
+               "nmse_seen": prediction_error(model, test_set[0], 0.0, TRAIN_ANGLE, seed + 7),
+               "nmse_unseen": prediction_error(model, test_set[0], TRAIN_ANGLE, 180.0, seed + 8),
+               "classifier_on": "z_i" if invariant else "z",
+               "accuracy": classifier_accuracy(model, train_set, test_set, seed + 9, invariant),
+               "seconds": round(time.perf_counter() - start, 1)}
+        rows.append(row)
+        print(_line(row), flush=True)
+    return rows
+
+
+def _line(row) -> str:
+    return (f"{row['dataset']:<6} {row['model']:<14} {row['variant_channels']:>3}/{row['channels']:<3} "
+            f"{row['nmse_seen']:>9.3f} {row['nmse_unseen']:>11.3f} {row['classifier_on']:>4} "
+            f"{row['accuracy']:>8.3f} {row['seconds']:>7.1f}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small data and few steps (a few CPU minutes)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", type=Path, default=None,
+                        help="JSON file [default: benchmarks/results/masked.json, masked_quick.json with --quick]")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    quick = args.quick
+    output = args.output or ROOT / "benchmarks" / "results" / ("masked_quick.json" if quick else "masked.json")
+    settings = {"mnist_train": 2000 if quick else 8000, "mnist_test": 500 if quick else 2000,
+                "mnist_steps": 300 if quick else 3000, "mnist_batch": 64, "adk_volumes": 160 if quick else 600,
+                "adk_steps": 150 if quick else 1500, "adk_batch": 16 if quick else 32}
+    mnist_model = {"width": 16, "latent_channels": 16, "output": "tanh"} if quick else {"output": "tanh"}
+    adk_model = {"group": "SO3", "width": 4, "latent_channels": 8} if quick else {"group": "SO3", "width": 8,
+                                                                                  "latent_channels": 16}
+    print(f"{'data':<6} {'model':<14} {'variant':>7} {'nMSE seen':>9} {'nMSE unseen':>11} {'on':>4} "
+          f"{'accuracy':>8} {'seconds':>7}")
+    rows = run_dataset("mnist", *mnist(settings["mnist_train"], settings["mnist_test"]), 28, mnist_model,
+                       settings["mnist_steps"], settings["mnist_batch"], args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        train_set, test_set = adk_volumes(settings["adk_volumes"], args.seed, Path(tmp) / "adk")
+    rows += run_dataset("adk", train_set, test_set, 32, adk_model, settings["adk_steps"], settings["adk_batch"],
+                        args.seed)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({"settings": {**settings, "mnist_model": mnist_model, "adk_model": adk_model,
+                                               "train_angle_deg": TRAIN_ANGLE, "seed": args.seed,
+                                               "quick": quick, "torch_threads": 1},
+                                  "results": rows}, indent=2) + "\n")
+    print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    main()
