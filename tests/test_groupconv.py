@@ -42,8 +42,9 @@ def test_rotated_kernels_follow_the_pose_convention():
     kernels = rotated_kernels(weight, 8)
     assert kernels.shape == (8, 2, 1, 15, 15)
     masked = weight[:, 0] * disc_mask(15)
-    expected = resample_images(masked, torch.full((2,), math.pi / 4)) * disc_mask(15)
-    torch.testing.assert_close(kernels[1, :, 0], expected, atol=1e-5, rtol=0)
+    expected = resample_images(masked, torch.full((2,), math.pi / 4), mode="bicubic") * disc_mask(15)
+    assert (kernels[1, :, 0] - expected).abs().max() < 0.03 * expected.abs().max()  # sinc vs bicubic
+    torch.testing.assert_close(kernels[0], weight * disc_mask(15), atol=1e-5, rtol=0)
     for k in range(8):
         torch.testing.assert_close(kernels[(k + 2) % 8], torch.rot90(kernels[k], 1, (-2, -1)), atol=0, rtol=0)
     # an off-centre blob in w at p shows up at R(-alpha) p in w(R(alpha) x): 90 degrees takes (+x) to (-y)

@@ -22,25 +22,37 @@ def disc_mask(size: int, device=None) -> torch.Tensor:
     return ((axis[:, None] ** 2 + axis[None, :] ** 2) <= (size / 2) ** 2).float()
 
 
+def _shear(images: torch.Tensor, factors: torch.Tensor, dim: int) -> torch.Tensor:
+    """Fourier (sinc) shear about the array centre of (A, M, L, L) images, one factor per leading index:
+    dim -1: ``out(x, y) = in(x + f y, y)``; dim -2: ``out(x, y) = in(x, y + f x)``."""
+    size = images.shape[-1]
+    offsets = factors[:, None] * (torch.arange(size, device=images.device) - (size - 1) / 2)  # (A, L)
+    freqs = torch.fft.fftfreq(size, device=images.device)
+    phase = torch.exp(2j * math.pi * offsets[:, :, None] * freqs)  # (A, other coordinate, frequency)
+    phase = phase[:, None] if dim == -1 else phase.transpose(1, 2)[:, None]
+    return torch.fft.ifft(torch.fft.fft(images, dim=dim) * phase, dim=dim).real
+
+
 def rotated_kernels(weight: torch.Tensor, rotations: int) -> torch.Tensor:
     """The kernels ``w(R(alpha_k) x)``, alpha_k = 2 pi k / r, about the array centre: (C_out, C_in, K, K) ->
     (r, C_out, C_in, K, K).
 
-    The kernels are masked to their inscribed disc (so that rotation neither cuts off nor brings in corners);
-    the angles in [0, pi/2) are interpolated bilinearly (and masked again), the others are exact quarter turns of
-    those, so a quarter turn of the stack is exactly a roll of its first axis by r / 4.
+    The kernels are masked to their inscribed disc (so that rotation neither cuts off nor brings in corners). The
+    angles in [0, pi/2) are rotated by three Fourier shears (R = S_x S_y S_x; sinc interpolation, which unlike
+    bilinear does not blur, so no rotation is favoured over another) and masked again; the other angles are exact
+    quarter turns of those, so a quarter turn of the stack is exactly a roll of its first axis by r / 4.
     """
     if rotations % 4:
         raise ValueError(f"the number of rotations must be a multiple of 4, not {rotations}")
     c_out, c_in, k, _ = weight.shape
     mask = disc_mask(k, weight.device)
-    base = (weight * mask).reshape(1, c_out * c_in, k, k)
+    pad = k // 2  # room for the sheared intermediate images
+    base = F.pad(weight * mask, (pad,) * 4).reshape(1, c_out * c_in, k + 2 * pad, k + 2 * pad)
     angles = torch.arange(rotations // 4, device=weight.device, dtype=weight.dtype) * (2 * math.pi / rotations)
-    cos, sin = torch.cos(angles), torch.sin(angles)
-    # affine_grid maps output (x, y) to input A (x, y): A = R(alpha) samples w(R(alpha) x)
-    affine = torch.stack([torch.stack([cos, -sin, 0 * cos], -1), torch.stack([sin, cos, 0 * cos], -1)], -2)
-    grid = F.affine_grid(affine, (len(angles), 1, k, k), align_corners=True)
-    quarter = F.grid_sample(base.expand(len(angles), -1, -1, -1), grid, align_corners=True) * mask
+    # w(R x) with R = S_x(a) S_y(b) S_x(a): shear by a in x, then b in y, then a in x
+    a, b = -torch.tan(angles / 2), torch.sin(angles)
+    quarter = _shear(_shear(_shear(base.expand(len(angles), -1, -1, -1), a, -1), b, -2), a, -1)
+    quarter = quarter[..., pad:pad + k, pad:pad + k] * mask
     turns = torch.stack([torch.rot90(quarter, q, (-2, -1)) for q in range(4)])  # (4, r/4, C_out*C_in, K, K)
     return turns.reshape(rotations, c_out, c_in, k, k)
 

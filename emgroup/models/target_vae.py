@@ -1,0 +1,185 @@
+"""TARGET-VAE (Nasiri & Bepler, 2022): a P_r-equivariant encoder with attention over translation x rotation.
+
+Encoder: a lifting convolution over P_r (kernels at least the object's size) and a 1x1 group convolution, leaky
+ReLU, then a pointwise head giving, for every cell (t, r) of the translation grid x the r group rotations, the
+attention logit a(t, r) -> q(t, r) = softmax, and Gaussians of the fine angle theta = alpha_r + dtheta, of z, and
+(beyond the paper) of a sub-pixel offset of the object's position. The generator is
+:class:`~emgroup.models.generator.CoordinateGenerator` with random Fourier features of ``R(theta) x + shift``.
+
+Cell (t, r) places the object's centre at image position ``y = grid(t) + R(-alpha_r) delta`` (pixels from the
+centre D // 2); in the pose convention ``image(x) = canonical(R(theta) x + shift)`` that is ``shift = -R(theta) y``.
+The fine offset delta is predicted in the frame of rotation r, which keeps the encoder equivariant.
+
+KL = KL(q(t, r) || p(t, r)) + sum_{t,r} q(t, r) (KL_theta + KL_z + KL_delta), with p(t, r) a softmax over the
+cells of log N(grid(t); 0, shift_sigma^2) + log p(r) (uniform, or a normal at the wrapped group angles),
+p(theta | r) = N(alpha_r, (pi / r)^2), p(z) = N(0, I), p(delta) = N(0, SUBPIXEL_SIGMA^2). Training decodes one
+straight-through Gumbel-softmax sample of (t, r) per image; ``encode`` reports the most probable cell.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from emgroup.models import losses
+from emgroup.models.base import Model, option
+from emgroup.models.generator import CoordinateGenerator
+from emgroup.models.grids import coordinate_grid, pixel_size, rotation_matrix, transform_grid, wrap_angle
+from emgroup.models.groupconv import GroupConv1x1, LiftingConv
+from emgroup.models.mlp import noise_log_sigma, sample_gaussian
+
+GROUPS = {"P4": 4, "P8": 8, "P16": 16}
+#: prior std (pixels, per axis) of the sub-pixel offset of the object's position within a translation cell
+SUBPIXEL_SIGMA = 0.5
+#: kernel and padding as fractions of the box when not given: the paper's 28 px and 8 px for 50 px MNIST
+KERNEL_FRACTION, PADDING_FRACTION = 0.56, 0.16
+
+
+@dataclass
+class TargetVAEConfig:
+    z_dim: int = option(2, "Latent dimensions (content; for spatial/target: besides the pose).")
+    group: str = option("P8", "Rotation group of the TARGET-VAE encoder: P4, P8 or P16 (r rotations by multiples "
+                        "of 360/r degrees).", choices=tuple(GROUPS))
+    kernel_size: int = option(0, "Side of the lifting-convolution kernels, px; at least the object's size "
+                              f"(0: {KERNEL_FRACTION} x box, the paper's 28 px for 50 px MNIST).")
+    padding: int = option(-1, "Zero padding of the encoder input per side, px; the translation grid has box + "
+                          f"2 padding - kernel + 1 positions per axis (-1: {PADDING_FRACTION} x box, the paper's 8 px "
+                          "for 50 px MNIST).")
+    channels: int = option(128, "Channels per rotation of the encoder's group convolutions.")
+    group_kernel: int = option(1, "Rotations (odd) each 1x1 group convolution mixes (1: the paper's pointwise 3-D "
+                               "convolution).")
+    hidden: int = option(512, "Width of the hidden layers (units).")
+    generator_layers: int = option(2, "Hidden layers of the generator (the paper: 2 for MNIST, 6 for cryo-EM).")
+    fourier_features: int = option(1024, "Random Fourier features cos(W x / sigma + b) of the generator's "
+                                   "coordinates (sigma = one pixel).")
+    likelihood: str = option("gaussian", "Pixel likelihood: 'gaussian' (normalized cryo-EM images; one learned "
+                             "noise sigma, in image units) or 'bernoulli' (images in [0, 1], e.g. MNIST).",
+                             choices=("gaussian", "bernoulli"))
+    rotation_prior: str = option("uniform", "Prior over the group rotations: 'uniform' or 'normal:SIGMA_DEG' (a "
+                                 "normal of SIGMA degrees at the group angles, discretized).")
+    shift_sigma: float = option(2.5, "Std of the Gaussian prior on the translation, pixels per axis.")
+    subpixel: bool = option(True, "Infer a sub-pixel offset of the position in each translation cell (beyond the "
+                            "paper, whose translations are on the pixel grid).")
+    temperature: float = option(1.0, "Temperature of the Gumbel-softmax sample of (translation, rotation) in "
+                                "training.")
+    ctf: bool = option(False, "Apply each particle's CTF (from its STAR columns) to the generated image in "
+                       "Fourier space before the likelihood.")
+
+
+def rotation_log_prior(spec: str, angles: torch.Tensor) -> torch.Tensor:
+    """Unnormalized log p(r) at the group angles (r,) rad for 'uniform' or 'normal:SIGMA_DEG'."""
+    kind, _, sigma = spec.partition(":")
+    try:
+        sigma = math.radians(float(sigma)) if kind == "normal" else (0.0 if spec == "uniform" else -1.0)
+    except ValueError:
+        sigma = -1.0
+    if sigma < 0 or (kind == "normal" and sigma == 0):
+        raise ValueError(f"--rotation-prior must be 'uniform' or 'normal:SIGMA_DEG' with SIGMA_DEG > 0, not {spec!r}")
+    return torch.zeros_like(angles) if spec == "uniform" else -0.5 * (wrap_angle(angles) / sigma) ** 2
+
+
+class TargetVAE(Model):
+    name = "target"
+    Config = TargetVAEConfig
+
+    def __init__(self, config: TargetVAEConfig, box: int):
+        super().__init__(config, box)
+        r, c, k = GROUPS[config.group], config.channels, config.z_dim
+        kernel = config.kernel_size or round(KERNEL_FRACTION * box)
+        padding = config.padding if config.padding >= 0 else round(PADDING_FRACTION * box)
+        self.lift = LiftingConv(1, c, kernel, padding, r)
+        self.mix = GroupConv1x1(c, c, config.group_kernel)
+        # per cell: attention logit, dtheta (mean, log-std), z (means, log-stds), delta (x, y, one log-std)
+        self.head = GroupConv1x1(c, 3 + 2 * k + 3 * config.subpixel)
+        self.generator = CoordinateGenerator(k, config.hidden, config.generator_layers, "leaky_relu",
+                                             config.fourier_features, pixel_size(box))
+        self.log_sigma = noise_log_sigma(config.likelihood)
+        self.needs_ctf = config.ctf
+        angles = torch.arange(r) * (2 * math.pi / r)
+        cells = box + 2 * padding - kernel + 1
+        # object position (px from the image centre D // 2) of each translation cell: the kernel's array centre
+        axis = torch.arange(cells) - padding + (kernel - 1) / 2 - box // 2
+        y, x = torch.meshgrid(axis, axis, indexing="ij")
+        positions = torch.stack([x, y], -1)  # (H, W, 2) x, y
+        log_prior = -0.5 * (positions / config.shift_sigma).pow(2).sum(-1)[..., None] + rotation_log_prior(
+            config.rotation_prior, angles)
+        for name, value in {"angles": angles, "positions": positions, "grid": coordinate_grid(box),
+                            "log_prior": torch.log_softmax(log_prior.flatten(), 0)}.items():
+            self.register_buffer(name, value, persistent=False)
+
+    def _posterior(self, images):
+        """Per cell (N, H, W, r): ``logits``; ``theta`` (mean, log-std) rad; ``z`` (means, log-stds) (..., k);
+        ``position`` (mean (..., 2) px, log-std (...,)) of the object's centre, log-std None without sub-pixel."""
+        h = F.leaky_relu(self.lift(images[:, None]), 0.2)
+        out = self.head(F.leaky_relu(self.mix(h), 0.2))
+        k = self.config.z_dim
+        post = {"logits": out[..., 0], "theta": (out[..., 1] + self.angles, out[..., 2]),
+                "z": (out[..., 3:3 + k], out[..., 3 + k:3 + 2 * k])}
+        position = self.positions[:, :, None].expand(*out.shape[1:-1], 2)
+        if self.config.subpixel:  # delta in the frame of rotation r: R(-alpha_r) delta in the image
+            delta = torch.einsum("rij,nhwrj->nhwri", rotation_matrix(-self.angles), out[..., 3 + 2 * k:5 + 2 * k])
+            post["position"] = (position + delta, out[..., 5 + 2 * k])
+        else:
+            post["position"] = (position.expand_as(out[..., :2]), None)
+        return post
+
+    def kl(self, post) -> dict[str, torch.Tensor]:
+        """Per-image KL terms (N,): ``kl_tr`` of q(t, r) and the q-weighted ``kl_theta``, ``kl_z``, ``kl_shift``."""
+        log_q = torch.log_softmax(post["logits"].flatten(1), 1)
+        q = log_q.exp()
+        r = len(self.angles)
+        kl = {"kl_tr": (q * (log_q - self.log_prior)).sum(1)}
+        mu, logstd = post["theta"]
+        cells = {"kl_theta": losses.gaussian_kl(mu, logstd, self.angles, math.pi / r),
+                 "kl_z": losses.gaussian_kl(*post["z"]).sum(-1)}
+        mu, logstd = post["position"]
+        if logstd is not None:
+            delta = mu - self.positions[:, :, None]
+            cells["kl_shift"] = losses.gaussian_kl(delta, logstd[..., None], 0.0, SUBPIXEL_SIGMA).sum(-1)
+        return kl | {name: (q * value.flatten(1)).sum(1) for name, value in cells.items()}
+
+    @staticmethod
+    def _select(post, weights):
+        """Each per-cell Gaussian of ``post`` at the cells chosen by ``weights`` (N, cells) (one-hot)."""
+        def pick(value):
+            return None if value is None else torch.einsum("nc,nc...->n...", weights, value.flatten(1, 3))
+        return {name: tuple(map(pick, value)) for name, value in post.items() if name != "logits"}
+
+    def _render(self, z, theta, shift=None):
+        """Generator output (N, D, D) in the pose theta (N,) rad, shift (N, 2) px."""
+        return self.generator(transform_grid(self.grid, theta, shift), z).view(-1, self.box, self.box)
+
+    def loss(self, batch):
+        images = batch["images"]
+        post = self._posterior(images)
+        weights = F.gumbel_softmax(post["logits"].flatten(1), tau=self.config.temperature, hard=True)
+        chosen = self._select(post, weights)
+        theta, z = sample_gaussian(*chosen["theta"]), sample_gaussian(*chosen["z"])
+        mu, logstd = chosen["position"]
+        position = mu if logstd is None else sample_gaussian(mu, logstd[:, None].expand_as(mu))
+        output = self._render(z, theta, -(rotation_matrix(theta) @ position[..., None])[..., 0])
+        if self.needs_ctf:
+            output = torch.fft.irfft2(torch.fft.rfft2(output) * batch["ctf"], s=output.shape[-2:])
+        recon = losses.image_nll(self.config.likelihood, output, images, self.log_sigma)
+        kl = self.kl(post)
+        terms = {"recon": recon.mean(), "kl": sum(kl.values()).mean(), **{k: v.mean() for k, v in kl.items()}}
+        return {"loss": terms["recon"] + terms["kl"], **terms}
+
+    def encode(self, images):
+        """At the most probable cell (t, r): ``z``, ``z_std`` (N, k); ``theta``, ``theta_std`` (N,) rad (theta in
+        [-pi, pi)); ``shift`` (N, 2) px (x, y). Also ``q_tr`` (N, r, H, W), the posterior over the cells."""
+        post = self._posterior(images)
+        logits = post["logits"].flatten(1)
+        chosen = self._select(post, F.one_hot(logits.argmax(1), logits.shape[1]).to(logits.dtype))
+        theta = chosen["theta"][0]
+        shift = -(rotation_matrix(theta) @ chosen["position"][0][..., None])[..., 0]
+        return {"z": chosen["z"][0], "z_std": chosen["z"][1].exp(), "theta": wrap_angle(theta),
+                "theta_std": chosen["theta"][1].exp(), "shift": shift,
+                "q_tr": torch.softmax(logits, 1).view_as(post["logits"]).permute(0, 3, 1, 2)}
+
+    def decode(self, latent):
+        """Expected images (N, D, D) at ``z`` in the pose ``theta``/``shift`` (canonical where absent)."""
+        z = latent["z"]
+        output = self._render(z, latent.get("theta", z.new_zeros(len(z))), latent.get("shift"))
+        return losses.mean_image(self.config.likelihood, output)

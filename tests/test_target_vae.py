@@ -1,0 +1,141 @@
+"""TARGET-VAE: equivariance of the posterior, KL terms by hand, the CTF path, and a trained tiny model."""
+
+import math
+
+import pytest
+import torch
+
+from emgroup.models.grids import resample_images, rotation_matrix, wrap_angle
+from emgroup.models.registry import build_model
+
+TINY = {"channels": 8, "hidden": 32, "fourier_features": 64}
+
+
+def tiny_model(box=21, seed=0, **options):
+    torch.manual_seed(seed)
+    return build_model("target", {**TINY, "group": "P4", **options}, box)
+
+
+def digits(n: int, box: int, seed: int = 0) -> torch.Tensor:
+    """(n, box, box) asymmetric images (three blobs, one bright) kept away from the border."""
+    g = torch.Generator().manual_seed(seed)
+    axis = torch.arange(box, dtype=torch.float32) - box // 2
+    y, x = torch.meshgrid(axis, axis, indexing="ij")
+    centres = (torch.rand(n, 3, 2, generator=g) - 0.5) * box * 0.35
+    weights = torch.tensor([1.0, 0.6, 0.3])[:, None, None]
+    d2 = (x - centres[..., 0, None, None]) ** 2 + (y - centres[..., 1, None, None]) ** 2
+    return (weights * torch.exp(-d2 / 4.0)).sum(1)
+
+
+def test_shifting_the_input_shifts_the_attention_map_and_the_pose():
+    model = tiny_model().eval()
+    images = digits(3, 21)
+    moved = torch.roll(images, (1, 2), (-2, -1))  # content moves by s = (x 2, y 1) px; zeros roll in
+    with torch.no_grad():
+        a, b = model._posterior(images)["logits"], model._posterior(moved)["logits"]
+        torch.testing.assert_close(b[:, 1:, 2:], a[:, :-1, :-2], atol=1e-5, rtol=1e-5)
+        e, f = model.encode(images), model.encode(moved)
+    # image(x - s) = canonical(R(theta) x + t - R(theta) s)
+    s = torch.tensor([2.0, 1.0])
+    expected = e["shift"] - rotation_matrix(e["theta"]) @ s
+    torch.testing.assert_close(f["shift"], expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(f["theta"], e["theta"])
+    torch.testing.assert_close(f["z"], e["z"])
+
+
+def test_quarter_turn_of_the_input_turns_the_pose_and_keeps_z():
+    model = tiny_model().eval()
+    images = digits(3, 21, seed=1)
+    turned = torch.rot90(images, 1, (-2, -1))  # image(R(pi/2) x): pose (theta + pi/2, same shift)
+    with torch.no_grad():
+        e, f = model.encode(images), model.encode(turned)
+    torch.testing.assert_close(wrap_angle(f["theta"] - e["theta"] - math.pi / 2), torch.zeros(3), atol=1e-5,
+                               rtol=0)
+    torch.testing.assert_close(f["shift"], e["shift"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(f["z"], e["z"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(f["q_tr"], torch.roll(torch.rot90(e["q_tr"], 1, (-2, -1)), 1, 1), atol=1e-6,
+                               rtol=1e-4)
+
+
+def test_kl_terms_by_hand():
+    """3 x 3 translation grid at -1, 0, 1 px, 4 rotations, uniform q, shift_sigma 1 px, uniform p(r)."""
+    model = build_model("target", {**TINY, "group": "P4", "z_dim": 2, "kernel_size": 5, "padding": 1,
+                                   "shift_sigma": 1.0}, 5)
+    assert model.positions[..., 0].unique().tolist() == [-1.0, 0.0, 1.0]
+    shape = (1, 3, 3, 4)
+    post = {"logits": torch.zeros(shape),
+            "theta": (model.angles + 0.1 + torch.zeros(shape), torch.full(shape, math.log(0.2))),
+            "z": (torch.full((*shape, 2), 0.5), torch.zeros((*shape, 2))),
+            "position": (model.positions[:, :, None] + torch.tensor([0.3, -0.3]), torch.full(shape, math.log(0.5)))}
+    kl = {k: v.item() for k, v in model.kl(post).items()}
+    # q = 1/36; p(t, r) = exp(-|t|^2 / 2) / Z / 4, Z = 1 + 4 e^-1/2 + 4 e^-1; mean |t|^2 / 2 over the grid = 6/9
+    assert kl["kl_tr"] == pytest.approx(-math.log(9) + 6 / 9 + math.log(1 + 4 * math.exp(-0.5) + 4 * math.exp(-1)),
+                                        abs=1e-6)
+    sigma = math.pi / 4  # p(theta | r) = N(alpha_r, (pi/4)^2)
+    assert kl["kl_theta"] == pytest.approx(math.log(sigma / 0.2) + (0.2**2 + 0.1**2) / (2 * sigma**2) - 0.5,
+                                           abs=1e-6)
+    assert kl["kl_z"] == pytest.approx(2 * 0.5**2 / 2, abs=1e-6)
+    assert kl["kl_shift"] == pytest.approx(2 * 0.3**2 / (2 * 0.5**2), abs=1e-6)  # delta ~ N(0, 0.5^2), std = prior
+
+
+def test_ctf_multiplies_the_generated_image_in_fourier_space():
+    """With the generator drawing a constant b, the CTF-filtered image is the constant CTF(0) b; a CTF of ones
+    is no CTF."""
+    images = digits(4, 21, seed=2)
+    ctf = torch.rand(4, 21, 11) + 0.5
+    ctf[:, 0, 0] = 0.5
+
+    def recon(ctf):
+        model = tiny_model(ctf=ctf is not None)
+        last = model.generator.body[-1]
+        last.weight.data.zero_()
+        last.bias.data.fill_(0.7)
+        return model.loss({"images": images} if ctf is None else {"images": images, "ctf": ctf})["recon"].item()
+
+    def by_hand(value):  # Gaussian likelihood, sigma = 1
+        return (0.5 * ((images - value) ** 2).sum((1, 2)) + 0.5 * 21**2 * math.log(2 * math.pi)).mean().item()
+
+    assert recon(None) == pytest.approx(by_hand(0.7), rel=1e-5)
+    assert recon(torch.ones(4, 21, 11)) == pytest.approx(by_hand(0.7), rel=1e-5)
+    assert recon(ctf) == pytest.approx(by_hand(0.35), rel=1e-5)
+
+
+def test_encode_shapes_and_options():
+    model = tiny_model(box=24, group="P8", z_dim=3, kernel_size=13, padding=2, subpixel=False)
+    with torch.no_grad():
+        e = model.eval().encode(digits(2, 24))
+    assert e["z"].shape == e["z_std"].shape == (2, 3)
+    assert e["shift"].shape == (2, 2) and e["theta"].shape == (2,)
+    assert e["q_tr"].shape == (2, 8, 16, 16)
+    torch.testing.assert_close(e["q_tr"].sum((1, 2, 3)), torch.ones(2))
+    assert model.decode(e).shape == (2, 24, 24)
+    with pytest.raises(ValueError, match="rotation-prior"):
+        tiny_model(rotation_prior="normal:-3")
+
+
+@pytest.mark.slow
+def test_trained_model_angle_follows_the_rotation():
+    """A tiny P8 model trained on randomly rotated copies of a few patterns predicts, for a pattern rotated by
+    gamma = k 45 degrees (interpolated, so not exactly a roll of the group axis), an angle that moves by gamma."""
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    box = 21
+    base = digits(4, box, seed=3)
+    model = tiny_model(box=box, group="P8", kernel_size=15, padding=1, channels=16, hidden=64, fourier_features=128,
+                       shift_sigma=1.0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for _ in range(100):
+        angles = (torch.rand(32) * 2 - 1) * math.pi
+        batch = resample_images(base[torch.randint(0, 4, (32,))], angles)
+        loss = model.loss({"images": batch})["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    gammas = torch.arange(1, 8).repeat(4) * (math.pi / 4)
+    images = base.repeat_interleave(7, 0)
+    with torch.no_grad():
+        before = model.eval().encode(images)["theta"]
+        after = model.encode(resample_images(images, gammas))["theta"]
+    error = wrap_angle(after - before - gammas)
+    assert error.abs().median() < math.radians(10)
+    assert (error.abs() < math.radians(30)).float().mean() > 0.8
