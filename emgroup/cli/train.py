@@ -36,7 +36,8 @@ def _model_options() -> dict[str, click.Option]:
         if kind is bool:
             options[name] = click.Option([f"{flag}/--no-{flag[2:]}", name], default=None, help=help_text)
         else:
-            kind = click.Choice(field.metadata["choices"]) if "choices" in field.metadata else kind
+            choices = [c for _, f, _ in fields for c in f.metadata.get("choices", ())]  # union over the models
+            kind = click.Choice(list(dict.fromkeys(choices))) if choices else kind
             options[name] = click.Option([flag, name], type=kind, default=None, help=help_text)
     return options
 

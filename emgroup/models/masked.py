@@ -94,6 +94,10 @@ class MaskedGroupAction(Model):
 
     def __init__(self, config: MaskedConfig, box: int):
         super().__init__(config, box)
+        for name, allowed in [("group", ("SO2", "SO3")), ("action", ("spatial", "vector")),
+                              ("output", ("linear", "tanh"))]:
+            if getattr(config, name) not in allowed:
+                raise ValueError(f"--{name} must be one of {', '.join(allowed)}, not {getattr(config, name)!r}")
         if config.latent_channels < 1 or config.width < 1 or config.stages < 0 or config.frequencies < 1:
             raise ValueError("--latent-channels, --width and --frequencies must be >= 1, --stages >= 0")
         self.ndim = d = self.data_ndim({"group": config.group})
