@@ -109,8 +109,10 @@ def test_encode_shapes_and_options():
     assert e["q_tr"].shape == (2, 8, 16, 16)
     torch.testing.assert_close(e["q_tr"].sum((1, 2, 3)), torch.ones(2))
     assert model.decode(e).shape == (2, 24, 24)
-    with pytest.raises(ValueError, match="rotation-prior"):
-        tiny_model(rotation_prior="normal:-3")
+    for bad, message in [({"rotation_prior": "normal:-3"}, "rotation-prior"), ({"group": "SO3"}, "group"),
+                         ({"kernel_size": 30, "padding": 2}, "kernel-size")]:
+        with pytest.raises(ValueError, match=message):
+            tiny_model(**bad)
 
 
 @pytest.mark.slow

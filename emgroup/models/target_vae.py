@@ -85,9 +85,14 @@ class TargetVAE(Model):
 
     def __init__(self, config: TargetVAEConfig, box: int):
         super().__init__(config, box)
+        if config.group not in GROUPS:
+            raise ValueError(f"--group must be one of {', '.join(GROUPS)}, not {config.group!r}")
         r, c, k = GROUPS[config.group], config.channels, config.z_dim
         kernel = config.kernel_size or round(KERNEL_FRACTION * box)
         padding = config.padding if config.padding >= 0 else round(PADDING_FRACTION * box)
+        cells = box + 2 * padding - kernel + 1
+        if cells < 1:
+            raise ValueError(f"--kernel-size {kernel} px is larger than the {box} px box plus twice the padding")
         self.lift = LiftingConv(1, c, kernel, padding, r)
         self.mix = GroupConv1x1(c, c, config.group_kernel)
         # per cell: attention logit, dtheta (mean, log-std), z (means, log-stds), delta (x, y, one log-std)
@@ -97,7 +102,6 @@ class TargetVAE(Model):
         self.log_sigma = noise_log_sigma(config.likelihood)
         self.needs_ctf = config.ctf
         angles = torch.arange(r) * (2 * math.pi / r)
-        cells = box + 2 * padding - kernel + 1
         # object position (px from the image centre D // 2) of each translation cell: the kernel's array centre
         axis = torch.arange(cells) - padding + (kernel - 1) / 2 - box // 2
         y, x = torch.meshgrid(axis, axis, indexing="ij")
