@@ -5,7 +5,7 @@ Target: 10,000 particles of 64 x 64 px in under a minute. The spatial-VAE is tra
 separately simulated particles (same box and pixel size): speed does not depend on how well it is trained.
 Prints a table and writes benchmarks/results/analyze_speed.json.
 
-    python benchmarks/analyze_speed.py [-n 10000] [--box 64] [--threads 2] [--hidden 500 128]
+    python benchmarks/analyze_speed.py [-n 10000] [--box 64] [--threads 2] [--hidden 500 128] [--device cuda]
 """
 
 import argparse
@@ -44,6 +44,8 @@ def main():
     parser.add_argument("--denoise-hidden", type=int, nargs="*", default=[128],
                         help="hidden widths also timed with --denoise (the generator on every pixel of every "
                              "particle: about N * D^2 * hidden^2 multiply-adds)")
+    parser.add_argument("--device", default="cpu", help="torch device for training and analysis")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
     args = parser.parse_args()
     env = {**os.environ, **{v: str(args.threads) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
                                                           "OPENBLAS_NUM_THREADS")}}
@@ -56,10 +58,11 @@ def main():
         for hidden in sorted(set(args.hidden) | set(args.denoise_hidden), reverse=True):
             run = work / f"run{hidden}"
             emgroup("train", work / "train/particles.star", "-o", run, "--model", "spatial", "--epochs", 1,
-                    "--hidden", hidden, "--no-progress", env=env)
+                    "--hidden", hidden, "--device", args.device, "--no-progress", env=env)
             for denoise in ["--no-denoise"] * (hidden in args.hidden) + ["--denoise"] * (hidden in args.denoise_hidden):
                 seconds, memory = emgroup("analyze", run, work / "data/particles.star", "-o", work / "out",
-                                          "--clusters", "auto", denoise, "--no-progress", env=env)
+                                          "--clusters", "auto", denoise, "--device", args.device, "--no-progress",
+                                          env=env)
                 name = f"spatial-VAE, hidden {hidden}, {denoise.removeprefix('--')}"
                 rows.append({"configuration": name, "particles": args.n, "box": args.box,
                              "seconds": round(seconds, 1), "particles_per_second": round(args.n / seconds),
@@ -67,16 +70,17 @@ def main():
                 print(f"{name:<44} {seconds:7.1f} s {args.n / seconds:7.0f} particles/s {memory:7.0f} MB", flush=True)
     result = {"benchmark": "emgroup analyze wall time and peak memory (whole command, all outputs written; "
                            "--clusters auto: GMM, BIC over K = 2..10)",
-              "threads": args.threads, "cpu": platform.processor() or platform.machine(),
-              "cpus_visible": os.cpu_count(), "stack_mb": round(args.n * args.box**2 * 4 / 2**20),
+              "threads": args.threads, "device": args.device, "cpu": platform.processor() or platform.machine(),
+              "cpus_visible": os.cpu_count(), "load_average_1min_at_end": round(os.getloadavg()[0], 1),
+              "stack_mb": round(args.n * args.box**2 * 4 / 2**20),
               "target": f"{args.n} particles of {args.box}x{args.box} px in under 60 s on 2 cores", "runs": rows}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\n{'configuration':<44} {'seconds':>8} {'particles/s':>12} {'peak MB':>8}")
     for row in rows:
         print(f"{row['configuration']:<44} {row['seconds']:8.1f} {row['particles_per_second']:12d} "
               f"{row['peak_memory_mb']:8d}")
-    print(f"wrote {RESULTS}")
+    print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from emgroup.analysis import clustering
 from emgroup.analysis.clustering import cluster_latents
 from emgroup.analysis.inference import encode_stack, relion_pose_columns
 from emgroup.analysis.metrics import clustering_accuracy, image_correlation
+from emgroup.analysis.pipeline import particles_table
 from emgroup.data.poses import model_from_relion, relion_from_model
 from emgroup.data.stack import ParticleStack, write_particles
 from emgroup.io.cryosparc import read_cs
@@ -42,6 +43,19 @@ def test_clustering_finds_separated_groups_numbered_by_size(method):
         assert clusters.counts.tolist() == [50, 30, 20] and np.array_equal(clusters.labels, truth)
         np.testing.assert_allclose(clusters.centres, [features[truth == c].mean(0) for c in range(3)])
     assert set(clusters.scores) == set(range(2, 7))
+
+
+def test_wide_latents_are_clustered_on_principal_components_and_summarised_in_the_star():
+    rng = np.random.default_rng(4)
+    features, truth = three_groups(rng)
+    wide = np.hstack([features, rng.normal(0, 0.1, (len(features), 97))])  # 100 dimensions
+    clusters = cluster_latents(wide, 3, "gmm", max_dims=8)
+    assert clustering_accuracy(truth, clusters.labels) == 1.0 and clusters.centres.shape == (3, 100)
+    table = particles_table(pd.DataFrame(index=range(len(wide))), {"z": wide}, clusters.labels, APIX)
+    latent_columns = [c for c in table if c.startswith("rlnEmgroupLatent")]
+    assert latent_columns == [f"rlnEmgroupLatentPC{i}" for i in range(1, 11)]
+    leading = table[["rlnEmgroupLatentPC1", "rlnEmgroupLatentPC2"]].to_numpy()  # the plane of the three groups
+    assert clustering_accuracy(truth, cluster_latents(leading, 3, "kmeans").labels) == 1.0
 
 
 def test_agglomerative_beyond_its_memory_limit_assigns_every_point(monkeypatch):

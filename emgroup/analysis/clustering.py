@@ -5,13 +5,16 @@
 ``SELECTION_SAMPLE`` points; the chosen K is then fitted on all points.
 Ward agglomerative clustering needs memory quadratic in the number of points, so above ``AGGLOMERATIVE_LIMIT``
 points it is fitted on a random subset and every point joins the cluster with the nearest centroid.
-Clusters are numbered 0..K-1 by decreasing size.
+Features wider than ``max_dims`` are clustered on their first ``max_dims`` principal components (a full
+covariance in thousands of dimensions is neither affordable nor meaningful). Clusters are numbered 0..K-1 by
+decreasing size; their centres are the mean input features of their members.
 """
 
 from dataclasses import dataclass
 
 import numpy as np
 from sklearn.cluster import AgglomerativeClustering, KMeans
+from sklearn.decomposition import PCA
 from sklearn.metrics import silhouette_score
 from sklearn.mixture import GaussianMixture
 
@@ -37,7 +40,7 @@ class Clusters:
 
 
 def cluster_latents(features, n_clusters: int | str = "auto", method: str = "gmm", max_clusters: int = 10,
-                    seed: int = 0, kmeans_restarts: int = 10) -> Clusters:
+                    seed: int = 0, kmeans_restarts: int = 10, max_dims: int = 32) -> Clusters:
     """Cluster ``features`` (N, k) into ``n_clusters`` (an int, or ``"auto"``) with ``method`` in :data:`METHODS`.
 
     ``kmeans_restarts`` is k-means' ``n_init``; ``seed`` makes k-means, the mixture and subsampling repeatable.
@@ -46,15 +49,17 @@ def cluster_latents(features, n_clusters: int | str = "auto", method: str = "gmm
     if method not in METHODS:
         raise ValueError(f"unknown clustering method {method!r} (expected one of {METHODS})")
     fit = {"gmm": _gmm, "kmeans": _kmeans, "agglomerative": _agglomerative}[method]
+    clustered = (PCA(max_dims, random_state=seed).fit_transform(features) if features.shape[1] > max_dims
+                 else features)
     scores = {}
     if n_clusters == "auto":
-        sample = features[_subset(len(features), SELECTION_SAMPLE, seed)]
+        sample = clustered[_subset(len(features), SELECTION_SAMPLE, seed)]
         for k in range(2, max(2, min(max_clusters, len(sample) - 1)) + 1):
             scores[k] = fit(sample, k, seed, kmeans_restarts, score=True)[1]
         best = (min if method == "gmm" else max)(scores, key=scores.get)
     else:
         best = int(n_clusters)
-    labels, _ = fit(features, best, seed, kmeans_restarts, score=False)
+    labels, _ = fit(clustered, best, seed, kmeans_restarts, score=False)
     return _by_size(features, labels, method, scores)
 
 

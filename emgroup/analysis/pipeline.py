@@ -15,6 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
+from sklearn.decomposition import PCA
 
 from emgroup.analysis import plots
 from emgroup.analysis.class_averages import class_averages
@@ -27,9 +28,12 @@ from emgroup.io.cryosparc import write_cs
 from emgroup.io.mrc import StackWriter, open_stack, write_stack
 from emgroup.io.star import format_image_name, parse_image_name, write_star
 
+POSE_LABELS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst")
 #: input columns replaced by the inferred pose, cluster and latents
-REPLACED = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst", "rlnClassNumber")
+REPLACED = (*POSE_LABELS, "rlnClassNumber")
 LATENT_LABEL = "rlnEmgroupLatent"
+#: wider latents go into the STAR as their first STAR_PCS principal components (``rlnEmgroupLatentPC1..``)
+STAR_LATENTS, STAR_PCS = 32, 10
 #: encoding entries kept in memory (the rest, e.g. TARGET-VAE's q(t, r), stay in latents.h5 only)
 IN_MEMORY = ("z", "z_std", "mask", *POSE_KEYS)
 TRUE_CLASS, TRUE_CONFORMATION = "rlnEmgroupTrueClass", "rlnEmgroupTrueConformation"
@@ -79,6 +83,7 @@ def analyze(model, stack, outdir, rundir=None, options: Options | None = None) -
         clusters = cluster_latents(z, options.clusters, options.cluster_method, options.max_clusters, options.seed)
         table = particles_table(stack.meta, encoding, clusters.labels, apix)
         _store_analysis(h5, table, clusters, stack, options)
+        swap = _latent_swap(stored, z, clusters) if {"z_v", "z_i"} <= set(stored) else None
     theta, shift = inplane_pose(encoding, n)
     averages, counts = class_averages(stack, clusters.labels, theta, shift, clusters.n_clusters,
                                       options.batch_size, options.progress)
@@ -88,7 +93,7 @@ def analyze(model, stack, outdir, rundir=None, options: Options | None = None) -
     if options.denoise:
         denoised_table = table.assign(rlnImageName=format_image_name(np.arange(n), _from_cwd(outdir / "denoised.mrcs")))
         if options.canonical:  # the reconstructions are in the canonical frame: the identity pose
-            denoised_table = denoised_table.assign(**{c: 0.0 for c in REPLACED[:5] if c in table})
+            denoised_table = denoised_table.assign(**{c: 0.0 for c in POSE_LABELS if c in table})
         write_star(outdir / "denoised.star", denoised_table, stack.optics)
     write_stack(outdir / "class_averages.mrcs", averages, apix)
     write_stack(outdir / "class_decoded.mrcs", decoded_centres, apix)
@@ -99,19 +104,23 @@ def analyze(model, stack, outdir, rundir=None, options: Options | None = None) -
     if metrics:
         with atomic_path(outdir / "metrics.json") as tmp:
             tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    make_figures(model, outdir / "figures", stack.meta, encoding, clusters, averages, decoded_centres, rundir,
-                 options.device)
+    make_figures(model, outdir / "figures", stack.meta, encoding, clusters, averages, decoded_centres, swap,
+                 rundir, options.device)
     return {"particles": n, "clusters": clusters.n_clusters, "counts": counts.tolist(), "metrics": metrics}
 
 
 def particles_table(meta: pd.DataFrame, encoding: dict, labels, apix: float) -> pd.DataFrame:
     """The input particles with the inferred pose (RELION 3.1 labels, see
     :func:`emgroup.analysis.inference.relion_pose_columns`), ``rlnClassNumber`` (1-based cluster) and the latent
-    means as ``rlnEmgroupLatent1..k``."""
+    means as ``rlnEmgroupLatent1..k`` (k <= :data:`STAR_LATENTS`; else their principal components
+    ``rlnEmgroupLatentPC1..``)."""
     n = len(meta)
-    z = np.asarray(encoding["z"]).reshape(n, -1)
+    z = np.asarray(encoding["z"], dtype=np.float64).reshape(n, -1)
     kept = meta.drop(columns=[c for c in meta if c in REPLACED or c.startswith(LATENT_LABEL)])
-    latents = pd.DataFrame(z.astype(np.float64), columns=[f"{LATENT_LABEL}{i + 1}" for i in range(z.shape[1])])
+    prefix = LATENT_LABEL
+    if z.shape[1] > STAR_LATENTS:
+        z, prefix = PCA(min(STAR_PCS, n)).fit_transform(z), f"{LATENT_LABEL}PC"
+    latents = pd.DataFrame(z, columns=[f"{prefix}{i + 1}" for i in range(z.shape[1])])
     return pd.concat([kept.reset_index(drop=True), relion_pose_columns(encoding, n, apix),
                       pd.DataFrame({"rlnClassNumber": np.asarray(labels) + 1}), latents], axis=1)
 
@@ -189,7 +198,7 @@ def _store_analysis(h5, table: pd.DataFrame, clusters: Clusters, stack, options:
     h5["image_name"] = stack.meta["rlnImageName"].to_numpy(dtype=str).astype(object)
     h5["cluster_centres"] = clusters.centres
     relion = h5.create_group("relion")
-    for column in REPLACED[:5]:
+    for column in POSE_LABELS:
         if column in table:
             relion[column] = table[column].to_numpy()
     h5.attrs.update({"apix": stack.apix, "box": stack.box, "cluster_method": clusters.method,
@@ -199,8 +208,8 @@ def _store_analysis(h5, table: pd.DataFrame, clusters: Clusters, stack, options:
         h5["cluster_scores"] = np.array(list(clusters.scores.items()), dtype=float)
 
 
-def make_figures(model, folder: Path, meta, encoding, clusters: Clusters, averages, decoded, rundir, device):
-    """All PNGs of `emgroup analyze` into ``folder``."""
+def make_figures(model, folder: Path, meta, encoding, clusters: Clusters, averages, decoded, swap, rundir, device):
+    """All PNGs of `emgroup analyze` into ``folder`` (``swap``: latents from :func:`_latent_swap` or None)."""
     n = len(meta)
     z = np.asarray(encoding["z"]).reshape(n, -1)
     colourings = {"cluster": clusters.labels + 1}
@@ -222,20 +231,20 @@ def make_figures(model, folder: Path, meta, encoding, clusters: Clusters, averag
     if "mask" in encoding:
         mask = encoding["mask"][0] if encoding["mask"].ndim > 1 and len(encoding["mask"]) == n else encoding["mask"]
         plots.mask_plot(mask, folder / "mask.png")
-        if mask.size == z.shape[1]:  # a mask over the latent vector: swap the acted-on and invariant parts
-            swap = _latent_swap(z, clusters, mask)
-            images = decode_latents(model, swap.reshape(-1, z.shape[1]), device).reshape(*swap.shape[:2],
-                                                                                         *decoded.shape[1:])
-            plots.image_grid(images, folder / "latent_swap.png", title="rows: masked (acted-on) part from one "
-                             "particle; columns: the rest from another")
+    if swap is not None:
+        images = decode_latents(model, swap.reshape(-1, swap.shape[-1]), device)
+        plots.image_grid(images.reshape(*swap.shape[:2], *decoded.shape[1:]), folder / "latent_swap.png",
+                         title="rows: acted-on part z_v of one particle; columns: invariant part z_i of another")
 
 
-def _latent_swap(z, clusters: Clusters, mask, count: int = 6) -> np.ndarray:
-    """(c, c, k) latents mixing the masked part of particle i's z with the unmasked part of particle j's, for the
-    particle nearest each of the first c <= ``count`` cluster centres."""
+def _latent_swap(stored, z, clusters: Clusters, count: int = 6) -> np.ndarray:
+    """(c, c, k) latents ``z_v[i] + z_i[j]`` for the particles i, j nearest to the first c <= ``count`` cluster
+    centres, from an encoding that splits ``z`` into the group-acted ``z_v`` and the invariant ``z_i``."""
     centres = clusters.centres[:count]
-    picks = z[np.argmin(((z[None] - centres[:, None]) ** 2).sum(-1), axis=1)]
-    return mask * picks[:, None, :] + (1 - mask) * picks[None, :, :]
+    picks = np.argmin(np.sum(z**2, 1)[None] - 2 * centres @ z.T, axis=1)  # nearest particle to each centre
+    rows, order = np.unique(picks, return_inverse=True)  # h5py reads increasing indices
+    z_v, z_i = stored["z_v"][rows][order], stored["z_i"][rows][order]
+    return z_v[:, None, :] + z_i[None, :, :]
 
 
 def _from_cwd(path) -> str:

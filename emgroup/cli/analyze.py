@@ -37,7 +37,7 @@ def _clusters(value: str) -> int | str:
               help="Which weights: 'best' (lowest validation loss), 'last', or a path to a .pt checkpoint.")
 @click.option("--clusters", default="auto", show_default=True, callback=lambda ctx, param, value: _clusters(value),
               help="Number of clusters K (>= 1), or 'auto': K in 2..--max-clusters by the lowest BIC (gmm) or "
-                   "the highest silhouette score (kmeans, agglomerative).")
+                   "the highest silhouette score (kmeans, agglomerative), scored on 2,000 random particles.")
 @click.option("--cluster-method", type=click.Choice(METHODS), default="gmm", show_default=True,
               help="Clustering of the latent means: Gaussian mixture (full covariance), k-means (10 restarts) or "
                    "Ward agglomerative (fitted on at most 10,000 particles; the rest join the nearest centroid).")
