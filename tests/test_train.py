@@ -153,7 +153,7 @@ def test_help_lists_every_model_option_with_units_and_defaults(run_emgroup):
                  "--epochs", "--batch-size", "--lr", "--seed", "--device", "--num-workers", "--precision",
                  "--val-fraction", "--plateau-patience", "--early-stop", "--resume", "--force", "--root"]:
         assert flag in text
-    assert "pixels per axis. [default: 2.0 (spatial)]" in text  # --shift-sigma, with its unit
+    assert "pixels per axis. [default: 2.0 (spatial), 2.5 (target)]" in text  # --shift-sigma, per model
     assert "[default: 1.0 (vae)]" in text  # --beta
     assert "SIGMA in degrees" in text
 
