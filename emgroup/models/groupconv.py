@@ -15,6 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+#: smallest kernel (px) for which the lifting convolution uses the FFT on CUDA (H100: direct wins at 22 px, FFT at
+#: 36 px by 1.1x and at 56 px by 2x in time and 2.5x in memory)
+FFT_MIN_KERNEL = 32
+
 
 def disc_mask(size: int, device=None) -> torch.Tensor:
     """(size, size) float mask of the disc of diameter ``size`` centred on the array centre ``(size - 1) / 2``."""
@@ -83,8 +87,8 @@ class LiftingConv(nn.Module):
 
     One convolution with the r C_out stacked rotated kernels (:func:`rotated_kernels`) and one bias per channel
     (shared by the rotations, as equivariance requires). ``fft`` chooses :func:`fft_conv2d` over the direct
-    ``F.conv2d``; None picks it on CUDA (cuFFT), not on the CPU, where oneDNN's direct convolution is the faster
-    (see benchmarks/throughput.py).
+    ``F.conv2d``; None picks it on CUDA for kernels of at least ``FFT_MIN_KERNEL`` px and never on the CPU, where
+    MKL's FFT of many small images is slower than oneDNN's direct convolution (benchmarks/throughput.py).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int, rotations: int,
@@ -98,7 +102,7 @@ class LiftingConv(nn.Module):
 
     def forward(self, images):
         kernels = rotated_kernels(self.weight, self.rotations).flatten(0, 1)
-        if self.fft if self.fft is not None else images.is_cuda:
+        if self.fft if self.fft is not None else images.is_cuda and kernels.shape[-1] >= FFT_MIN_KERNEL:
             out = fft_conv2d(images, kernels, self.padding)
         else:  # channels-last output, so the permute below is a view
             out = F.conv2d(images.contiguous(memory_format=torch.channels_last),
