@@ -86,8 +86,8 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
 
 
 def shared_options(name: str, models: dict, quick: dict, full: dict):
-    """Decorator adding the options every accuracy benchmark has: --models, --quick, --epochs, --device, --threads,
-    --seed, --workdir (default runs/benchmarks/NAME) and --output."""
+    """Decorator adding the options every accuracy benchmark has: --models, --quick, --epochs, --device, --precision,
+    --threads, --seed, --workdir (default runs/benchmarks/NAME) and --output."""
     options = [
         click.option("--models", default=",".join(models), show_default=True,
                      help=f"Comma-separated models among {', '.join(models)}."),
@@ -95,6 +95,8 @@ def shared_options(name: str, models: dict, quick: dict, full: dict):
                      f"(full protocol: {_describe(full)})."),
         click.option("--epochs", type=click.IntRange(1), help="Override the number of epochs."),
         click.option("--device", default="auto", show_default=True, help="Torch device for train and analyze."),
+        click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+                     help="`emgroup train --precision` (autocast on CUDA; the CPU trains in fp32)."),
         click.option("--threads", type=click.IntRange(1), help="OMP threads per subprocess (default: torch's)."),
         click.option("--seed", default=0, show_default=True, help="Seed of the data and of training."),
         click.option("--workdir", type=click.Path(file_okay=False), show_default=True,
@@ -115,12 +117,15 @@ def _describe(settings: dict) -> str:
     return ", ".join(f"{name.replace('_', ' ')} {value}" for name, value in settings.items())
 
 
-def run_settings(quick: bool, epochs, seed: int, device: str, quick_settings: dict, full_settings: dict):
+def run_settings(quick: bool, epochs, seed: int, device: str, precision: str, quick_settings: dict,
+                 full_settings: dict):
     """``(settings, train options)`` of a benchmark run: the quick or full settings (``epochs`` overriding theirs)
-    and the `emgroup train` options (epochs, lr, batch size 100, seed, device)."""
-    settings = {**(quick_settings if quick else full_settings), "seed": seed, "device": device}
+    and the `emgroup train` options (epochs, lr, batch size 100, seed, device, precision)."""
+    settings = {**(quick_settings if quick else full_settings), "seed": seed, "device": device,
+                "precision": precision}
     settings["epochs"] = epochs or settings["epochs"]
-    train = {"epochs": settings["epochs"], "lr": settings["lr"], "batch_size": 100, "seed": seed, "device": device}
+    train = {"epochs": settings["epochs"], "lr": settings["lr"], "batch_size": 100, "seed": seed, "device": device,
+             "precision": precision}
     return settings, train
 
 

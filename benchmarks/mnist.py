@@ -41,12 +41,19 @@ DATASETS = {"N": lambda rng, n: rng.normal(0.0, math.pi / 4, n), "U": lambda rng
 MODELS = {
     "spatial": ("spatial", {"z_dim": 2, "likelihood": "bernoulli", "shift_sigma": SHIFT_SIGMA},
                 {"N": {"theta_prior": "normal:45"}, "U": {"theta_prior": "uniform"}}),
+    **{f"target-{group}-z{z_dim}": ("target", {"group": group, "z_dim": z_dim, "likelihood": "bernoulli",
+                                               "shift_sigma": SHIFT_SIGMA, "generator_layers": 2},
+                                    {"N": {"rotation_prior": "normal:45"}, "U": {"rotation_prior": "uniform"}})
+       for group, z_dim in (("P8", 2), ("P16", 2), ("P8", 32), ("P16", 32))},
     "vae": ("vae", {"z_dim": 4, "likelihood": "bernoulli"}, {}),
     "beta-vae": ("vae", {"z_dim": 4, "likelihood": "bernoulli", "beta": 4.0}, {}),
 }
 #: published figures (TARGET-VAE paper, Table 1-2), relative pose metrics
 REFERENCE = {"spatial": {"N": {"rotation_relative": 0.564, "clustering_accuracy": 0.371},
                          "U": {"translation_relative": 0.982}},
+             "target-P16-z2": {"U": {"rotation_relative": 0.93, "translation_relative": 0.97}},
+             "target-P8-z32": {"N": {"clustering_accuracy": 0.777}},
+             "target-P16-z32": {"U": {"clustering_accuracy": 0.712}},
              "vae": {"N": {"clustering_accuracy": 0.153}}}
 QUICK = {"n_train": 1000, "n_test": 500, "epochs": 10, "lr": 1e-3, "hidden": 64}
 FULL = {"n_train": N_TRAIN, "n_test": 2000, "epochs": 100, "lr": 1e-4, "hidden": 500}
@@ -122,8 +129,8 @@ def evaluate(result: dict, theta_true, origin_true, labels) -> dict:
               show_default=True, help="MNIST digits (.npz with images (N, 28, 28) uint8 and labels).")
 @click.option("--datasets", default="N,U", show_default=True, help="Comma-separated: N (normal angles), U (uniform).")
 @shared_options("mnist", MODELS, QUICK, FULL)
-def main(data, datasets, models, quick, epochs, device, threads, seed, workdir, output):
-    settings, train = run_settings(quick, epochs, seed, device, QUICK, FULL)
+def main(data, datasets, models, quick, epochs, device, precision, threads, seed, workdir, output):
+    settings, train = run_settings(quick, epochs, seed, device, precision, QUICK, FULL)
     datasets, models = choose(datasets, DATASETS, "dataset"), choose(models, MODELS, "model")
     workdir = Path(workdir)
     sets = make_datasets(workdir, data, settings["n_train"], settings["n_test"], seed)

@@ -60,8 +60,8 @@ def evaluate(result: dict, particles) -> dict:
               default=str(SHARED_DATA / "adk_dims.npz"), help="Trajectory .npz (coords (F, n, 3) Å, elements).")
 @click.option("--snrs", default=",".join(SNRS), show_default=True, help="Comma-separated among snr0.1, noise-free.")
 @shared_options("protein", MODELS, QUICK, FULL)
-def main(trajectory, snrs, models, quick, epochs, device, threads, seed, workdir, output):
-    settings, train = run_settings(quick, epochs, seed, device, QUICK, FULL)
+def main(trajectory, snrs, models, quick, epochs, device, precision, threads, seed, workdir, output):
+    settings, train = run_settings(quick, epochs, seed, device, precision, QUICK, FULL)
     snrs, models = choose(snrs, SNRS, "SNR"), choose(models, MODELS, "model")
     workdir = Path(workdir)
     rows = []

@@ -1,6 +1,6 @@
 """`python -m emgroup ...` (also what `torchrun -m emgroup train ...` runs)."""
 
-from emgroup.cli.main import cli
+from emgroup.cli.main import main
 
 if __name__ == "__main__":
-    cli()
+    main()

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from emgroup.models.generator import FourierFeatures
 from emgroup.models.grids import resample_images, rotation_matrix, wrap_angle
 from emgroup.models.registry import build_model
 
@@ -141,3 +142,12 @@ def test_trained_model_angle_follows_the_rotation():
     error = wrap_angle(after - before - gammas)
     assert error.abs().median() < math.radians(10)
     assert (error.abs() < math.radians(30)).float().mean() > 0.8
+
+
+def test_fourier_phase_stays_fp32_under_bf16_autocast():
+    features = FourierFeatures(256, 2 / 50)
+    coords = torch.rand(1000, 2) * 2 - 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = features(coords)
+    assert mixed.dtype == torch.float32
+    assert torch.allclose(mixed, features(coords), atol=1e-5)

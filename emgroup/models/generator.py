@@ -14,7 +14,10 @@ ACTIVATIONS = {"tanh": nn.Tanh, "leaky_relu": lambda: nn.LeakyReLU(0.2)}
 
 
 class FourierFeatures(nn.Module):
-    """Fixed random features ``cos(W x / sigma + b)`` of 2-D coordinates: (..., 2) -> (..., n_features)."""
+    """Fixed random features ``cos(W x / sigma + b)`` of 2-D coordinates: (..., 2) -> (..., n_features).
+
+    The phase is computed in fp32 even under autocast: it spans tens of radians, where bf16 would be off by ~0.3.
+    """
 
     def __init__(self, n_features: int, sigma: float, in_dim: int = 2):
         super().__init__()
@@ -22,7 +25,8 @@ class FourierFeatures(nn.Module):
         self.register_buffer("bias", torch.rand(n_features) * 2 * math.pi)
 
     def forward(self, x):
-        return torch.cos(x @ self.weight + self.bias)
+        with torch.autocast(x.device.type, enabled=False):
+            return torch.cos(x.float() @ self.weight + self.bias)
 
 
 class CoordinateGenerator(nn.Module):
