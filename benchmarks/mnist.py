@@ -14,7 +14,7 @@ Each model is trained and analyzed through the `emgroup` CLI. Reported on the te
 * clustering accuracy (Hungarian-matched) of 10 Ward agglomerative clusters of the latent means (as `emgroup
   analyze`), and of the means concatenated with the standard deviations (the papers' features).
 
-    python benchmarks/mnist.py --quick              # 1,000/500 digits, small models, few epochs (CPU)
+    python benchmarks/mnist.py --quick --models spatial,vae,beta-vae   # 2,000/500 digits, small models (CPU)
     python benchmarks/mnist.py --device cuda        # the full protocol
 """
 
@@ -55,7 +55,7 @@ REFERENCE = {"spatial": {"N": {"rotation_relative": 0.564, "clustering_accuracy"
              "target-P8-z32": {"N": {"clustering_accuracy": 0.777}},
              "target-P16-z32": {"U": {"clustering_accuracy": 0.712}},
              "vae": {"N": {"clustering_accuracy": 0.153}}}
-QUICK = {"n_train": 1000, "n_test": 500, "epochs": 10, "lr": 1e-3, "hidden": 64}
+QUICK = {"n_train": 2000, "n_test": 500, "epochs": 20, "lr": 1e-3, "hidden": 128}
 FULL = {"n_train": N_TRAIN, "n_test": 2000, "epochs": 100, "lr": 1e-4, "hidden": 500}
 
 

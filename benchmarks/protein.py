@@ -8,7 +8,7 @@ CLI on all particles. Reported: corr(z, conformation) as the absolute Pearson co
 latent dimension that correlates best, and the Jammalamadaka-Sengupta circular correlation of the inferred angle
 with the true rotation (spatial-VAE's 5HDB figures: 0.95 and 0.92).
 
-    python benchmarks/protein.py --quick        # 2,000 particles, small models, a few epochs (CPU, minutes)
+    python benchmarks/protein.py --quick        # 3,000 particles, small models, 20 epochs (CPU, minutes)
     python benchmarks/protein.py --device cuda  # 20,000 particles, the paper's model size
 """
 
@@ -29,7 +29,7 @@ MODELS = {
 }
 SNRS = {"snr0.1": "0.1", "noise-free": "inf"}
 REFERENCE = {"spatial": {"snr0.1": {"conformation_abs_pearson": 0.95, "rotation_circular_correlation": 0.92}}}
-QUICK = {"n_particles": 2000, "epochs": 15, "lr": 1e-3, "hidden": 64}
+QUICK = {"n_particles": 3000, "epochs": 20, "lr": 1e-3, "hidden": 128}
 FULL = {"n_particles": 20000, "epochs": 100, "lr": 1e-4, "hidden": 500}
 
 
