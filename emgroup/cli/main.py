@@ -19,7 +19,7 @@ SUBCOMMANDS = {
     "analyze": "analyze",
 }
 #: glibc settings read only at start-up: without them malloc hands every freed block over 32 MiB back to the system
-#: and page-faults it in again on the next training step, which costs 30% of a TARGET-VAE step on 2 CPU cores
+#: and page-faults it in again on the next training step, which costs 40% of a TARGET-VAE step on 2 CPU cores
 #: (benchmarks/throughput.py); with them the blocks stay in the heap for reuse (peak memory unchanged)
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD_": str(2**32)}
 

@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: smallest kernel (px) for which the lifting convolution uses the FFT on CUDA (H100: direct wins at 22 px, FFT at
-#: 36 px by 1.1x and at 56 px by 2x in time and 2.5x in memory)
-FFT_MIN_KERNEL = 32
+#: smallest kernel (px) for which the lifting convolution uses the FFT, per device type (benchmarks/throughput.py,
+#: TARGET-VAE P8 training step: H100, direct wins at 22 px, FFT at 36 px by 1.1x and at 56 px by 2x in time and 2.5x
+#: in memory; 2 CPU cores, direct wins at 22 and 36 px, FFT at 56 px by 1.7x)
+FFT_MIN_KERNEL = {"cuda": 32, "cpu": 48}
 
 
 def disc_mask(size: int, device=None) -> torch.Tensor:
@@ -87,8 +88,8 @@ class LiftingConv(nn.Module):
 
     One convolution with the r C_out stacked rotated kernels (:func:`rotated_kernels`) and one bias per channel
     (shared by the rotations, as equivariance requires). ``fft`` chooses :func:`fft_conv2d` over the direct
-    ``F.conv2d``; None picks it on CUDA for kernels of at least ``FFT_MIN_KERNEL`` px and never on the CPU, where
-    MKL's FFT of many small images is slower than oneDNN's direct convolution (benchmarks/throughput.py).
+    ``F.conv2d``; None picks it for kernels of at least ``FFT_MIN_KERNEL[device type]`` px (below that the direct
+    convolution is faster).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int, rotations: int,
@@ -102,7 +103,8 @@ class LiftingConv(nn.Module):
 
     def forward(self, images):
         kernels = rotated_kernels(self.weight, self.rotations).flatten(0, 1)
-        if self.fft if self.fft is not None else images.is_cuda and kernels.shape[-1] >= FFT_MIN_KERNEL:
+        min_kernel = FFT_MIN_KERNEL.get(images.device.type, FFT_MIN_KERNEL["cuda"])
+        if self.fft if self.fft is not None else kernels.shape[-1] >= min_kernel:
             out = fft_conv2d(images, kernels, self.padding)
         else:  # channels-last output, so the permute below is a view
             out = F.conv2d(images.contiguous(memory_format=torch.channels_last),
