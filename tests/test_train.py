@@ -135,7 +135,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(run_emgroup, tiny_pa
             "bad device": [tiny_particles, "--model", "vae", "--device", "tpu"]}[case]
     expected = {"foreign option": "--beta: not an option of --model spatial", "bad model option": "cauchy",
                 "missing file": "none.star: no such file", "3-D data": "holds 3-D volumes",
-                "3-D model": "not a cubic volume",
+                "3-D model": "voxels); this model trains on 3-D volumes",
                 "bad device": "--device tpu"}[case]
     result = run_emgroup("train", *args, "-o", tmp_path / "run")
     assert result.exit_code == 2

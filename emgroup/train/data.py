@@ -18,7 +18,11 @@ def open_particles(path, ndim: int, root=None):
     """The stack for a model that trains on ``ndim``-D data: a ``ParticleStack`` of 2-D images, or a
     ``VolumeStack`` of 3-D volumes; :class:`InputError` when the file holds the other kind."""
     if ndim == 3:
-        return VolumeStack.open(path, root=root)
+        try:
+            return VolumeStack.open(path, root=root)
+        except InputError as err:
+            raise InputError(f"{err.problem}; this model trains on 3-D volumes (`emgroup simulate --volumes` writes "
+                             "them)", err.path) from None
     stack = ParticleStack.open(path, root=root)
     dims = stack.optics.get("rlnImageDimensionality")
     if dims is not None and (dims.to_numpy() == 3).any():
