@@ -56,7 +56,8 @@ def main():
                                 "--box", str(args.box), "--apix", str(args.apix), "--no-progress", *options],
                                check=True, env=env, capture_output=True)
                 seconds = time.perf_counter() - start
-            rows.append({"configuration": name, "options": options, "particles": args.n, "box": args.box,
+            shown = [Path(o).name if os.path.isabs(o) else o for o in options]  # no machine paths in the JSON
+            rows.append({"configuration": name, "options": shown, "particles": args.n, "box": args.box,
                          "seconds": round(seconds, 2), "particles_per_second": round(args.n / seconds)})
             print(f"{name:<66} {seconds:7.1f} s {args.n / seconds:8.0f} particles/s", flush=True)
     result = {"benchmark": "emgroup simulate wall time (whole command, files written)", "threads": args.threads,

@@ -17,7 +17,8 @@ from torch import nn
 
 #: smallest kernel (px) for which the lifting convolution uses the FFT, per device type (benchmarks/throughput.py,
 #: TARGET-VAE P8 training step: H100, direct wins at 22 px, FFT at 36 px by 1.1x and at 56 px by 2x in time and 2.5x
-#: in memory; 2 CPU cores, direct wins at 22 and 36 px, FFT at 56 px by 1.7x)
+#: in memory; 2 CPU cores, direct wins at 22 px, the two are even at 36 px, FFT wins at 56 px by 1.35x:
+#: throughput.json against throughput_cpu_direct_lifting.json in benchmarks/results)
 FFT_MIN_KERNEL = {"cuda": 32, "cpu": 48}
 
 
