@@ -6,8 +6,9 @@ per group P4/P8/P16, kernel and padding at the paper's 28/50 and 8/50 of the box
 rows also split a training step into encoder forward, the rest of the forward (sample, generator, likelihood, KL)
 and backward. The ``reference`` rows time a faithful re-implementation of the public TARGET-VAE code's hot path:
 kernels rotated one rotation at a time, a direct channels-first convolution, Conv3d 1x1x1 layers and heads, a soft
-Gumbel-softmax expectation over the cells, and the same generator (1024 Fourier features, 2 x 512). The lifting
-convolution alone is also timed both ways (direct and FFT) per device.
+Gumbel-softmax expectation over the cells, and the same generator (1024 Fourier features, 2 x 512) computed layer by
+layer with every intermediate stored. The lifting convolution alone is also timed both ways (direct and FFT) per
+device.
 
     python benchmarks/throughput.py [--quick] [--sizes 40 64 100] [--devices cpu cuda] [--batch N] [--threads 2]
 
@@ -54,15 +55,24 @@ def reference_target(box: int, rotations: int, device: str):
     import torch
     import torch.nn.functional as F
 
-    from emgroup.models.generator import CoordinateGenerator
     from emgroup.models.grids import coordinate_grid, pixel_size, transform_grid
 
     kernel, padding, channels, z_dim = round(0.56 * box), round(0.16 * box), 128, 2
     weight = torch.nn.Parameter(torch.randn(channels, 1, 1, kernel, kernel, device=device) / kernel)
     conv2 = torch.nn.Conv3d(channels, channels, 1)
     heads = torch.nn.ModuleList([torch.nn.Conv3d(channels, n, 1) for n in (1, 2, 2 * z_dim)])
-    generator = CoordinateGenerator(z_dim, 512, 2, "leaky_relu", 1024, pixel_size(box))
-    modules = torch.nn.ModuleList([conv2, heads, generator]).to(device)
+    # the public generator: Fourier features of the coordinates, each stored, then Linear layers on them
+    freq = torch.randn(2, 1024, device=device) / pixel_size(box)
+    phase = 2 * math.pi * torch.rand(1024, device=device)
+    coords_layer, latent_layer = torch.nn.Linear(1024, 512), torch.nn.Linear(z_dim, 512, bias=False)
+    body = torch.nn.Sequential(torch.nn.LeakyReLU(0.2), torch.nn.Linear(512, 512), torch.nn.LeakyReLU(0.2),
+                               torch.nn.Linear(512, 1))
+    modules = torch.nn.ModuleList([conv2, heads, coords_layer, latent_layer, body]).to(device)
+
+    def generator(coords, z):
+        h = coords_layer(torch.cos(coords @ freq + phase)) + latent_layer(z)[:, None]
+        return body(h)[..., 0]
+
     grid = coordinate_grid(box, device)
 
     def rotated():

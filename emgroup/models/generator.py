@@ -13,20 +13,73 @@ from torch import nn
 ACTIVATIONS = {"tanh": nn.Tanh, "leaky_relu": lambda: nn.LeakyReLU(0.2)}
 
 
-class FourierFeatures(nn.Module):
-    """Fixed random features ``cos(W x / sigma + b)`` of 2-D coordinates: (..., 2) -> (..., n_features).
+#: rows (pixels of all images) per block of :class:`FourierLinear`: on the CPU a block's (rows, features) phases
+#: stay in the core's cache; on CUDA blocks are large, to keep kernel launches few
+BLOCK_ROWS = {"cpu": 512, "cuda": 65536}
 
-    The phase is computed in fp32 even under autocast: it spans tens of radians, where bf16 would be off by ~0.3.
+
+def _autocast_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of matrix products here: autocast's when it is on for ``device``, else fp32."""
+    kind = device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else torch.float32
+
+
+class _FourierLinearFunction(torch.autograd.Function):
+    """``cos(x W + b) A^T + c[:, None]`` for x (N, P, 2), W (2, F), b (F,), A (H, F), c (N, H) -> (N, P, H), in
+    blocks of ``rows`` that the backward pass recomputes: the (N P, F) phases and features are never stored.
+    Phases and cosines are fp32 (the phase spans tens of radians); the products with A run in ``dtype``."""
+
+    @staticmethod
+    def forward(ctx, x, freq, phase, weight, shift, dtype, rows):
+        ctx.save_for_backward(x, freq, phase, weight)
+        ctx.dtype, ctx.rows = dtype, rows
+        flat, weight_t = x.reshape(-1, 2), weight.t().to(dtype)
+        out = x.new_empty(len(flat), len(weight), dtype=dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            for start in range(0, len(flat), rows):
+                features = torch.cos(torch.addmm(phase, flat[start:start + rows], freq)).to(dtype)
+                torch.mm(features, weight_t, out=out[start:start + rows])
+        return out.view(*x.shape[:2], -1).add_(shift[:, None].to(dtype))
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, freq, phase, weight = ctx.saved_tensors
+        flat, grad_flat = x.reshape(-1, 2), grad.reshape(-1, grad.shape[-1]).to(ctx.dtype)
+        weight_low, freq_t = weight.to(ctx.dtype), freq.t()
+        grad_x, grad_weight = torch.empty_like(flat), torch.zeros_like(weight)
+        with torch.autocast(x.device.type, enabled=False):
+            for start in range(0, len(flat), ctx.rows):
+                block, grad_block = slice(start, start + ctx.rows), grad_flat[start:start + ctx.rows]
+                angle = torch.addmm(phase, flat[block], freq)
+                grad_weight += (grad_block.t() @ torch.cos(angle).to(ctx.dtype)).float()
+                grad_angle = torch.sin(angle).mul_((grad_block @ weight_low).float()).neg_()
+                torch.mm(grad_angle, freq_t, out=grad_x[block])
+        return grad_x.view_as(x), None, None, grad_weight, grad.float().sum(1), None, None
+
+
+class FourierLinear(nn.Module):
+    """Random Fourier features of 2-D coordinates, ``cos(W x / sigma + b)`` with W ~ N(0, 1), b ~ U(0, 2 pi),
+    and a linear layer on them, plus a per-image shift: (N, P, 2), (N, H) -> (N, P, H).
+
+    Computed block by block (:class:`_FourierLinearFunction`), so memory and time do not go into the (N, P, F)
+    intermediates; under autocast the products with the layer's weight run in the autocast dtype, the phases
+    in fp32 (bf16 would be off by ~0.3 rad at tens of radians).
     """
 
-    def __init__(self, n_features: int, sigma: float, in_dim: int = 2):
+    def __init__(self, n_features: int, sigma: float, hidden: int):
         super().__init__()
-        self.register_buffer("weight", torch.randn(in_dim, n_features) / sigma)
-        self.register_buffer("bias", torch.rand(n_features) * 2 * math.pi)
+        self.register_buffer("freq", torch.randn(2, n_features) / sigma)
+        self.register_buffer("phase", torch.rand(n_features) * 2 * math.pi)
+        self.linear = nn.Linear(n_features, hidden)
 
-    def forward(self, x):
-        with torch.autocast(x.device.type, enabled=False):
-            return torch.cos(x.float() @ self.weight + self.bias)
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The features alone, (..., 2) -> (..., F), fp32."""
+        return torch.cos(x.float() @ self.freq + self.phase)
+
+    def forward(self, x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        rows = BLOCK_ROWS.get(x.device.type, BLOCK_ROWS["cuda"])
+        return _FourierLinearFunction.apply(x.float(), self.freq, self.phase, self.linear.weight,
+                                            shift + self.linear.bias, _autocast_dtype(x.device), rows)
 
 
 class CoordinateGenerator(nn.Module):
@@ -40,11 +93,8 @@ class CoordinateGenerator(nn.Module):
     def __init__(self, z_dim: int, hidden: int = 512, layers: int = 2, activation: str = "tanh",
                  fourier_features: int = 0, fourier_sigma: float = 0.04):
         super().__init__()
-        if fourier_features:
-            self.coords = nn.Sequential(FourierFeatures(fourier_features, fourier_sigma),
-                                        nn.Linear(fourier_features, hidden))
-        else:
-            self.coords = nn.Linear(2, hidden)
+        self.hidden = hidden
+        self.coords = FourierLinear(fourier_features, fourier_sigma, hidden) if fourier_features else nn.Linear(2, hidden)
         self.latent = nn.Linear(z_dim, hidden, bias=False) if z_dim > 0 else None
         act = ACTIVATIONS[activation]
         body = [act()]
@@ -53,7 +103,9 @@ class CoordinateGenerator(nn.Module):
         self.body = nn.Sequential(*body, nn.Linear(hidden, 1))
 
     def forward(self, coords: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.coords(coords)
-        if self.latent is not None:
-            h = h + self.latent(z)[:, None, :]
+        shift = self.latent(z) if self.latent is not None else coords.new_zeros(len(coords), self.hidden)
+        if isinstance(self.coords, FourierLinear):
+            h = self.coords(coords, shift)
+        else:
+            h = self.coords(coords) + shift[:, None, :]
         return self.body(h).squeeze(-1)

@@ -84,13 +84,24 @@ def fft_conv2d(images: torch.Tensor, weight: torch.Tensor, padding: int) -> torc
     return torch.fft.irfft(rows, n=size, dim=-1)[..., :out]
 
 
+def unfold_conv2d(images: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
+    """``F.conv2d(images, weight, padding=padding)`` as one matrix product of the unfolded patches, channels-last:
+    images (N, C_in, D, D), weight (C_out, C_in, K, K) -> (N, H, H, C_out). On the CPU this is the direct
+    convolution's fastest form here: the output needs no transposition, and the weight gradient (and bf16) runs
+    at matrix-product speed, where oneDNN's bf16 convolution backward is slower than fp32."""
+    patches = F.unfold(images, weight.shape[-1], padding=padding)  # (N, C_in K K, H H)
+    out = patches.transpose(1, 2) @ weight.flatten(1).t()
+    side = math.isqrt(out.shape[1])
+    return out.view(len(images), side, side, -1)
+
+
 class LiftingConv(nn.Module):
     """Lifting convolution Z^2 -> P_r: (N, C_in, D, D) -> (N, H, H, r, C_out), H = D + 2 padding - K + 1.
 
     One convolution with the r C_out stacked rotated kernels (:func:`rotated_kernels`) and one bias per channel
     (shared by the rotations, as equivariance requires). ``fft`` chooses :func:`fft_conv2d` over the direct
-    ``F.conv2d``; None picks it for kernels of at least ``FFT_MIN_KERNEL[device type]`` px (below that the direct
-    convolution is faster).
+    convolution (:func:`unfold_conv2d` on the CPU, ``F.conv2d`` elsewhere); None picks it for kernels of at least
+    ``FFT_MIN_KERNEL[device type]`` px (below that the direct convolution is faster).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int, rotations: int,
@@ -106,12 +117,14 @@ class LiftingConv(nn.Module):
         kernels = rotated_kernels(self.weight, self.rotations).flatten(0, 1)
         min_kernel = FFT_MIN_KERNEL.get(images.device.type, FFT_MIN_KERNEL["cuda"])
         if self.fft if self.fft is not None else kernels.shape[-1] >= min_kernel:
-            out = fft_conv2d(images, kernels, self.padding)
-        else:  # channels-last output, so the permute below is a view
+            out = fft_conv2d(images, kernels, self.padding).permute(0, 2, 3, 1)
+        elif images.device.type == "cpu":
+            out = unfold_conv2d(images, kernels, self.padding)
+        else:  # channels-last output, so the permute is a view
             out = F.conv2d(images.contiguous(memory_format=torch.channels_last),
-                           kernels.contiguous(memory_format=torch.channels_last), padding=self.padding)
-        n, _, h, w = out.shape
-        return out.permute(0, 2, 3, 1).reshape(n, h, w, self.rotations, -1) + self.bias
+                           kernels.contiguous(memory_format=torch.channels_last), padding=self.padding).permute(0, 2, 3, 1)
+        n, h, w, _ = out.shape
+        return out.reshape(n, h, w, self.rotations, -1) + self.bias.to(out.dtype)
 
 
 class GroupConv1x1(nn.Module):
