@@ -82,6 +82,20 @@ def test_image_paths_resolve_from_root_cwd_then_star_folder(two_stacks, tmp_path
     np.testing.assert_array_equal(ParticleStack.open(star).images()[0], random_images(6, seed=7)[5])  # then cwd
 
 
+def test_a_project_relative_image_path_falls_back_to_the_file_name_in_the_star_folder(tmp_path, monkeypatch):
+    # as `emgroup preprocess -o out` writes it from the project folder: rlnImageName 000001@out/particles.mrcs
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    write_stack("out/particles.mrcs", random_images(3, seed=1), 2.0)
+    star = tmp_path / "out" / "particles.star"
+    write_star(star, pd.DataFrame({"rlnImageName": format_image_name(np.arange(3), "out/particles.mrcs"),
+                                   "rlnOpticsGroup": 1}), optics_table(2.0, 16))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # out/particles.mrcs resolves neither from here nor from out/
+    np.testing.assert_array_equal(ParticleStack.open(star).images(), random_images(3, seed=1))
+
+
 def test_single_mrcs_and_apix_override(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     images = random_images(3)

@@ -97,7 +97,8 @@ class ParticleStack:
         """A stack from a RELION ``.star``, an MRC stack ``.mrcs``/``.mrc`` or a cryoSPARC ``.cs`` file.
 
         Image paths in STAR/cs files are tried relative to ``root`` (if given), the working directory, then the
-        file's folder. ``apix`` (Å) overrides the pixel size the input states.
+        file's folder; last, the file name alone in the file's folder (a RELION project's STAR and stack moved
+        together). ``apix`` (Å) overrides the pixel size the input states.
         """
         path = Path(path)
         suffix = path.suffix.lower()
@@ -132,7 +133,8 @@ class ParticleStack:
         folders += [Path.cwd(), table_path.parent]
         files, shapes = [], []
         for name in unique_names:
-            found = next((folder / name for folder in folders if (folder / name).is_file()), None)
+            candidates = [folder / name for folder in folders] + [table_path.parent / Path(name).name]
+            found = next((candidate for candidate in candidates if candidate.is_file()), None)
             if found is None:
                 raise InputError(f"image stack {name} not found (looked in {', '.join(map(str, folders))})",
                                  table_path)
