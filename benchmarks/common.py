@@ -96,7 +96,7 @@ def shared_options(name: str, models: dict, quick: dict, full: dict):
         click.option("--epochs", type=click.IntRange(1), help="Override the number of epochs."),
         click.option("--device", default="auto", show_default=True, help="Torch device for train and analyze."),
         click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
-                     help="`emgroup train --precision` (autocast on CUDA; the CPU trains in fp32)."),
+                     help="`emgroup train --precision` (bf16 autocast on CUDA and the CPU, fp16 on CUDA only)."),
         click.option("--threads", type=click.IntRange(1), help="OMP threads per subprocess (default: torch's)."),
         click.option("--seed", default=0, show_default=True, help="Seed of the data and of training."),
         click.option("--workdir", type=click.Path(file_okay=False), show_default=True,

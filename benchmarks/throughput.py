@@ -111,13 +111,14 @@ def reference_target(box: int, rotations: int, device: str):
 def measure(label: str, spec: dict, box: int, device: str, batch: int, repeats: int, threads: int,
             precision: str = "fp32") -> dict:
     """One row, in this process: seconds per batch of each phase, particles/s, peak memory (MiB). ``precision``
-    bf16/fp16 autocasts the model on CUDA, as `emgroup train --precision` does (the reference stays fp32)."""
+    autocasts the model as `emgroup train --precision` does (the reference stays fp32)."""
     import contextlib
 
     import torch
 
     from emgroup.models.groupconv import LiftingConv
     from emgroup.models.registry import build_model
+    from emgroup.train.trainer import autocast_dtype
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -141,9 +142,9 @@ def measure(label: str, spec: dict, box: int, device: str, batch: int, repeats: 
     if spec["model"] == "reference":
         split = True
     optimizer = torch.optim.Adam(params, lr=1e-4)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    if device == "cuda" and dtype is not None and spec["model"] != "reference":
-        autocast = lambda: torch.autocast("cuda", dtype=dtype)  # noqa: E731
+    dtype = autocast_dtype(precision, torch.device(device))
+    if dtype is not None and spec["model"] != "reference":
+        autocast = lambda: torch.autocast(device, dtype=dtype)  # noqa: E731
     else:
         autocast, precision = contextlib.nullcontext, "fp32"
 
@@ -207,7 +208,8 @@ def main():
     parser.add_argument("--batch", type=int, help="Particles per batch [default: CPU 4 quick / 16 full, CUDA 100].")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per row.")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="Autocast of the "
-                        "models on CUDA (the reference and every CPU row run in fp32).")
+                        "models, as `emgroup train --precision` (bf16 on CUDA and the CPU, fp16 on CUDA only; the "
+                        "reference rows stay fp32).")
     parser.add_argument("--models", nargs="+", default=None, help="Registered models [default: all available].")
     parser.add_argument("--match", default="", help="Only the rows whose label contains this text.")
     parser.add_argument("--output", type=Path, default=None, help="JSON path [default: benchmarks/results/"

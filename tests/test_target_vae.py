@@ -179,3 +179,14 @@ def test_fourier_linear_under_bf16_autocast_keeps_fp32_phases():
     # bf16 products: ~1% relative error; bf16 phases (tens of radians) would give ~30%
     assert (mixed.float() - exact).norm() / exact.norm() < 0.02
 
+
+
+def test_posterior_parameters_stay_fp32_under_bf16_autocast():
+    model = tiny_model()
+    images = torch.rand(2, 21, 21)
+    exact = model._posterior(images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model._posterior(images)
+    assert mixed["logits"].dtype == mixed["theta"][0].dtype == mixed["z"][0].dtype == torch.float32
+    # the encoder's products in bf16, then an fp32 head: the logits keep their differences between cells
+    assert (mixed["logits"] - exact["logits"]).abs().max() < 0.05 * exact["logits"].std()

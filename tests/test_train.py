@@ -71,6 +71,23 @@ def test_a_3d_model_trains_on_volumes(run_emgroup, tmp_path):
     assert (model.ndim, config["box"], config["options"]["group"]) == (3, 16, "SO3")
 
 
+@pytest.mark.slow
+def test_bf16_autocast_on_the_cpu_trains_like_fp32(run_emgroup, tiny_particles, tmp_path):
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        runs[precision] = tmp_path / precision
+        result = run_emgroup("train", tiny_particles, "-o", runs[precision], "--model", "target", "--group", "P4",
+                             "--channels", 8, "--fourier-features", 64, "--epochs", 3, "--precision", precision,
+                             "--device", "cpu", *SMALL)
+        assert result.exit_code == 0, result.output
+    fp32, bf16 = (pd.read_csv(runs[p] / "metrics.csv")["train_loss"] for p in ("fp32", "bf16"))
+    assert bf16.iloc[-1] < bf16.iloc[0]
+    assert np.allclose(bf16, fp32, rtol=0.02)  # same run up to bf16 rounding of the products ...
+    assert not np.array_equal(bf16, fp32)  # ... which did happen: autocast was on
+    model, _ = load_run(runs["bf16"])
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: fp32 weights
+
+
 def _losses(run):
     metrics = pd.read_csv(run / "metrics.csv")
     return metrics[[c for c in metrics.columns if c.endswith("loss") or c == "lr"]]

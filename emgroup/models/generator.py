@@ -94,7 +94,8 @@ class CoordinateGenerator(nn.Module):
                  fourier_features: int = 0, fourier_sigma: float = 0.04):
         super().__init__()
         self.hidden = hidden
-        self.coords = FourierLinear(fourier_features, fourier_sigma, hidden) if fourier_features else nn.Linear(2, hidden)
+        self.coords = (FourierLinear(fourier_features, fourier_sigma, hidden) if fourier_features
+                       else nn.Linear(2, hidden))
         self.latent = nn.Linear(z_dim, hidden, bias=False) if z_dim > 0 else None
         act = ACTIVATIONS[activation]
         body = [act()]

@@ -122,7 +122,8 @@ class LiftingConv(nn.Module):
             out = unfold_conv2d(images, kernels, self.padding)
         else:  # channels-last output, so the permute is a view
             out = F.conv2d(images.contiguous(memory_format=torch.channels_last),
-                           kernels.contiguous(memory_format=torch.channels_last), padding=self.padding).permute(0, 2, 3, 1)
+                           kernels.contiguous(memory_format=torch.channels_last), padding=self.padding)
+            out = out.permute(0, 2, 3, 1)
         n, h, w, _ = out.shape
         return out.reshape(n, h, w, self.rotations, -1) + self.bias.to(out.dtype)
 

@@ -115,8 +115,9 @@ class TargetVAE(Model):
     def _posterior(self, images):
         """Per cell (N, H, W, r): ``logits``; ``theta`` (mean, log-std) rad; ``z`` (means, log-stds) (..., k);
         ``position`` (mean (..., 2) px, log-std (...,)) of the object's centre, log-std None without sub-pixel."""
-        h = F.leaky_relu(self.lift(images[:, None]), 0.2)
-        out = self.head(F.leaky_relu(self.mix(h), 0.2))
+        h = F.leaky_relu(self.mix(F.leaky_relu(self.lift(images[:, None]), 0.2)), 0.2)
+        with torch.autocast(images.device.type, enabled=False):  # bf16 would round logits of ~20 to steps of 0.1
+            out = self.head(h.float())
         k = self.config.z_dim
         post = {"logits": out[..., 0], "theta": (out[..., 1] + self.angles, out[..., 2]),
                 "z": (out[..., 3:3 + k], out[..., 3 + k:3 + 2 * k])}

@@ -2,10 +2,11 @@
 
 Adam, ``ReduceLROnPlateau`` (x0.5 after ``plateau_patience`` epochs without improvement of the monitored loss:
 the validation loss, or the training loss when there is no validation set), early stopping after ``early_stop``
-such epochs, autocast on CUDA (``bf16``/``fp16``, the latter with gradient scaling), and DistributedDataParallel
-under ``torchrun`` (each global batch split over the processes; see :mod:`emgroup.train.data`). Every epoch ends
-with an atomic ``checkpoints/last.pt`` holding everything needed to continue bit for bit (model, optimizer,
-scheduler, RNG states of every process, epoch, early-stopping state, metrics so far).
+such epochs, autocast (``bf16`` on CUDA and the CPU, ``fp16`` with gradient scaling on CUDA), and
+DistributedDataParallel under ``torchrun`` (each global batch split over the processes; see
+:mod:`emgroup.train.data`). Every epoch ends with an atomic ``checkpoints/last.pt`` holding everything needed to
+continue bit for bit (model, optimizer, scheduler, RNG states of every process, epoch, early-stopping state,
+metrics so far).
 """
 
 import contextlib
@@ -33,7 +34,7 @@ from emgroup.train.checkpoint import (CHECKPOINTS, CONFIG, METRICS, checkpoint_p
                                       rng_state, save_checkpoint, set_rng_state, write_config)
 from emgroup.train.data import batch_loader, open_particles, split_indices
 
-#: --precision -> autocast dtype on CUDA (None: no autocast)
+#: --precision -> autocast dtype (None: no autocast); fp16 applies on CUDA only
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: settings a resumed run may change; the others must stay as the run's config.json has them
 RESUME_MAY_CHANGE = ("epochs", "device", "num_workers")
@@ -52,7 +53,7 @@ class TrainSettings:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_workers: int = 0  # DataLoader worker processes
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast on CUDA only)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 on CUDA only)
     val_fraction: float | None = None  # None: the preprocess split column, else 0.1
     plateau_patience: int = 10  # epochs without improvement before the learning rate is halved
     early_stop: int = 20  # epochs without improvement before training stops
@@ -115,7 +116,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.lr)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, factor=0.5,
                                                                     patience=settings.plateau_patience)
-        self.autocast_dtype = PRECISIONS[settings.precision] if self.device.type == "cuda" else None
+        self.autocast_dtype = autocast_dtype(settings.precision, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
         loader = dict(stack=stack, batch_size=settings.batch_size, seed=settings.seed,
                       with_ctf=getattr(self.model, "needs_ctf", False), num_workers=settings.num_workers,
@@ -250,6 +251,21 @@ def _sigterm_interrupts():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``--precision`` on ``device``: bf16 on CUDA and the CPU, fp16 on CUDA only."""
+    dtype = PRECISIONS[precision]
+    return dtype if device.type == "cuda" or dtype == torch.bfloat16 else None
+
+
+def cpu_has_native_bf16() -> bool | None:
+    """Whether the CPU computes bf16 products natively (AVX512-BF16 or AMX; Linux only, else None)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return None
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def new_run(particles, rundir, model: str, model_options: dict, settings: TrainSettings, *, root=None,
