@@ -175,7 +175,8 @@ def main():
                         "a CPU)")
     parser.add_argument("--model", type=json.loads, default={}, metavar="JSON",
                         help="model options shared by every variant, over the protocol's, e.g. "
-                        "'{\"action\": \"vector\", \"latent_channels\": 256}' (a variant that repeats another is skipped)")
+                        "'{\"action\": \"vector\", \"latent_channels\": 256}' (a variant that repeats another "
+                        "is skipped)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=None,
                         help="JSON file [default: benchmarks/results/masked.json, masked_quick.json with --quick]")

@@ -101,7 +101,8 @@ _PARAMS = [
                  help="DataLoader processes reading batches from the stack (0: read in the training process)."),
     click.Option(["--precision"], type=click.Choice(list(PRECISIONS)), default=DEFAULTS.precision,
                  show_default=True, help="Autocast precision: bf16 on CUDA and on CPUs with AMX/AVX512-BF16 "
-                 "(TARGET-VAE 2.5x faster on 2 such cores, see docs/train.md); fp16 on CUDA only, with gradient scaling."),
+                 "(TARGET-VAE 2.5x faster on 2 such cores, see docs/train.md); fp16 on CUDA only, with gradient "
+                 "scaling."),
     click.Option(["--val-fraction"], type=click.FloatRange(0, 1, max_open=True), default=None,
                  help="Fraction of particles held out for validation (seeded random choice). [default: the "
                       "rlnEmgroupSplit column written by `emgroup preprocess`, else 0.1]"),

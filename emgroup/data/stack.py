@@ -136,8 +136,8 @@ class ParticleStack:
             candidates = [folder / name for folder in folders] + [table_path.parent / Path(name).name]
             found = next((candidate for candidate in candidates if candidate.is_file()), None)
             if found is None:
-                raise InputError(f"image stack {name} not found (looked in {', '.join(map(str, folders))})",
-                                 table_path)
+                raise InputError(f"image stack {name} not found (looked in {', '.join(map(str, folders))}, and "
+                                 f"for {Path(name).name} in {table_path.parent})", table_path)
             shape = open_stack(found).shape
             if shape[1] != shape[2]:
                 raise InputError(f"images are not square ({shape[2]} x {shape[1]} px)", found)

@@ -18,7 +18,7 @@ ACTIVATIONS = {"tanh": nn.Tanh, "leaky_relu": lambda: nn.LeakyReLU(0.2)}
 BLOCK_ROWS = {"cpu": 512, "cuda": 65536}
 
 
-def _autocast_dtype(device: torch.device) -> torch.dtype:
+def _product_dtype(device: torch.device) -> torch.dtype:
     """The dtype of matrix products here: autocast's when it is on for ``device``, else fp32."""
     kind = device.type
     return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else torch.float32
@@ -72,14 +72,10 @@ class FourierLinear(nn.Module):
         self.register_buffer("phase", torch.rand(n_features) * 2 * math.pi)
         self.linear = nn.Linear(n_features, hidden)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The features alone, (..., 2) -> (..., F), fp32."""
-        return torch.cos(x.float() @ self.freq + self.phase)
-
     def forward(self, x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
         rows = BLOCK_ROWS.get(x.device.type, BLOCK_ROWS["cuda"])
         return _FourierLinearFunction.apply(x.float(), self.freq, self.phase, self.linear.weight,
-                                            shift + self.linear.bias, _autocast_dtype(x.device), rows)
+                                            shift + self.linear.bias, _product_dtype(x.device), rows)
 
 
 class CoordinateGenerator(nn.Module):
