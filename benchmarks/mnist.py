@@ -39,8 +39,9 @@ N_TRAIN = 8000
 DATASETS = {"N": lambda rng, n: rng.normal(0.0, math.pi / 4, n), "U": lambda rng, n: rng.uniform(0, 2 * math.pi, n)}
 #: benchmark model -> (registered model, options, per-dataset options); Bernoulli likelihood on [0, 1] pixels
 MODELS = {
-    "spatial": ("spatial", {"z_dim": 2, "likelihood": "bernoulli", "shift_sigma": SHIFT_SIGMA},
-                {"N": {"theta_prior": "normal:45"}, "U": {"theta_prior": "uniform"}}),
+    **{name: ("spatial", {"z_dim": 2, "likelihood": "bernoulli", "shift_sigma": SHIFT_SIGMA, **extra},
+              {"N": {"theta_prior": "normal:45"}, "U": {"theta_prior": "uniform"}})
+       for name, extra in (("spatial", {}), ("spatial-augment", {"augment_rotation": True}))},
     **{f"target-{group}-z{z_dim}": ("target", {"group": group, "z_dim": z_dim, "likelihood": "bernoulli",
                                                "shift_sigma": SHIFT_SIGMA, "generator_layers": 2},
                                     {"N": {"rotation_prior": "normal:45"}, "U": {"rotation_prior": "uniform"}})
