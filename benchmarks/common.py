@@ -42,14 +42,17 @@ def emgroup(*args, threads: int | None = None) -> None:
 
 
 def train_and_analyze(particles, rundir, model: str, options: dict, train: dict, analyses: dict,
-                      threads: int | None = None) -> dict:
+                      threads: int | None = None, resume: bool = False) -> dict:
     """`emgroup train PARTICLES -o RUNDIR --model MODEL` then `emgroup analyze RUNDIR STAR -o OUTDIR` for each
-    ``name -> (star, outdir)`` of ``analyses`` (10 Ward clusters, no denoised stack).
+    ``name -> (star, outdir)`` of ``analyses`` (10 Ward clusters, no denoised stack). With ``resume``, a run that
+    RUNDIR already holds is continued (`--resume`, the same options) instead of replaced.
 
-    Returns ``name -> {"encoding": {entry: array}, "metrics": metrics.json or {}}`` plus ``"train_seconds"``.
+    Returns ``name -> {"encoding": {entry: array}, "metrics": metrics.json or {}}`` plus ``"train_seconds"`` (of
+    this call: a resumed run's earlier epochs are not counted).
     """
     start = time.perf_counter()
-    emgroup("train", particles, "-o", rundir, "--model", model, "--force", "--no-progress",
+    resume = resume and (Path(rundir) / "checkpoints" / "last.pt").is_file()
+    emgroup("train", particles, "-o", rundir, "--model", model, "--resume" if resume else "--force", "--no-progress",
             *cli_options(options), *cli_options(train), threads=threads)
     out = {"train_seconds": time.perf_counter() - start}
     for name, (star, outdir) in analyses.items():
@@ -87,7 +90,7 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
 
 def shared_options(name: str, models: dict, quick: dict, full: dict):
     """Decorator adding the options every accuracy benchmark has: --models, --quick, --epochs, --device, --precision,
-    --threads, --seed, --workdir (default runs/benchmarks/NAME) and --output."""
+    --threads, --seed, --resume, --workdir (default runs/benchmarks/NAME) and --output."""
     options = [
         click.option("--models", default=",".join(models), show_default=True,
                      help=f"Comma-separated models among {', '.join(models)}."),
@@ -99,6 +102,9 @@ def shared_options(name: str, models: dict, quick: dict, full: dict):
                      help="`emgroup train --precision` (bf16 autocast on CUDA and the CPU, fp16 on CUDA only)."),
         click.option("--threads", type=click.IntRange(1), help="OMP threads per subprocess (default: torch's)."),
         click.option("--seed", default=0, show_default=True, help="Seed of the data and of training."),
+        click.option("--resume", is_flag=True, help="Continue the runs an interruption left in --workdir "
+                     "(`emgroup train --resume`; the data are rewritten identically from the seed) instead of "
+                     "starting them afresh."),
         click.option("--workdir", type=click.Path(file_okay=False), show_default=True,
                      default=str(REPO / "runs" / "benchmarks" / name), help="Folder for data, runs and analyses."),
         click.option("--output", type=click.Path(dir_okay=False),

@@ -115,6 +115,7 @@ def evaluate(result: dict, theta_true, origin_true, labels) -> dict:
                                 image_frame_origin(test) - image_frame_origin(centred), theta_true, origin_true)
         for name, metrics in (("relative", relative), ("absolute", absolute)):
             row[f"rotation_{name}"] = metrics["rotation_circular_correlation"]
+            row[f"rotation_{name}_uniform"] = metrics["rotation_circular_correlation_uniform"]
             row[f"translation_x_{name}"] = metrics["translation_pearson_x"]
             row[f"translation_y_{name}"] = metrics["translation_pearson_y"]
     row["clustering_accuracy"] = result["test"]["metrics"]["clustering_accuracy"]
@@ -130,7 +131,7 @@ def evaluate(result: dict, theta_true, origin_true, labels) -> dict:
               show_default=True, help="MNIST digits (.npz with images (N, 28, 28) uint8 and labels).")
 @click.option("--datasets", default="N,U", show_default=True, help="Comma-separated: N (normal angles), U (uniform).")
 @shared_options("mnist", MODELS, QUICK, FULL)
-def main(data, datasets, models, quick, epochs, device, precision, threads, seed, workdir, output):
+def main(data, datasets, models, quick, epochs, device, precision, threads, seed, resume, workdir, output):
     settings, train = run_settings(quick, epochs, seed, device, precision, QUICK, FULL)
     datasets, models = choose(datasets, DATASETS, "dataset"), choose(models, MODELS, "model")
     workdir = Path(workdir)
@@ -144,12 +145,13 @@ def main(data, datasets, models, quick, epochs, device, precision, threads, seed
             analyses = {key: (folder / f"{split}.star", workdir / "analysis" / f"{dataset}_{name}_{split}")
                         for key, split in (("test", "test"), ("centred", "test_centred"))}
             result = train_and_analyze(folder / "train.star", workdir / "runs" / f"{dataset}_{name}", model, options,
-                                       train, analyses, threads)
+                                       train, analyses, threads, resume)
             rows.append({"dataset": f"MNIST({dataset})", "model": name,
                          **evaluate(result, theta_true, origin_true, sets[dataset]["labels"])})
             print(f"done: MNIST({dataset}) {name} ({rows[-1]['train_seconds']:.0f} s training)", flush=True)
     report("mnist", quick, settings, {name: MODELS[name] for name in models}, rows,
-           ["dataset", "model", "rotation_relative", "rotation_absolute", "translation_x_relative",
+           ["dataset", "model", "rotation_relative", "rotation_relative_uniform", "rotation_absolute",
+            "translation_x_relative",
             "translation_y_relative", "translation_x_absolute", "translation_y_absolute", "clustering_accuracy",
             "clustering_accuracy_mean_std"], REFERENCE, output)
 

@@ -60,7 +60,7 @@ def evaluate(result: dict, particles) -> dict:
               default=str(SHARED_DATA / "adk_dims.npz"), help="Trajectory .npz (coords (F, n, 3) Å, elements).")
 @click.option("--snrs", default=",".join(SNRS), show_default=True, help="Comma-separated among snr0.1, noise-free.")
 @shared_options("protein", MODELS, QUICK, FULL)
-def main(trajectory, snrs, models, quick, epochs, device, precision, threads, seed, workdir, output):
+def main(trajectory, snrs, models, quick, epochs, device, precision, threads, seed, resume, workdir, output):
     settings, train = run_settings(quick, epochs, seed, device, precision, QUICK, FULL)
     snrs, models = choose(snrs, SNRS, "SNR"), choose(models, MODELS, "model")
     workdir = Path(workdir)
@@ -71,7 +71,7 @@ def main(trajectory, snrs, models, quick, epochs, device, precision, threads, se
             model, options = MODELS[name]
             analyses = {"all": (particles, workdir / snr / "analysis" / name)}
             result = train_and_analyze(particles, workdir / snr / "runs" / name, model,
-                                       {**options, "hidden": settings["hidden"]}, train, analyses, threads)
+                                       {**options, "hidden": settings["hidden"]}, train, analyses, threads, resume)
             rows.append({"data": snr, "model": name, **evaluate(result, particles)})
             print(f"done: {snr} {name} ({rows[-1]['train_seconds']:.0f} s training)", flush=True)
     report("protein", quick, settings, {name: MODELS[name] for name in models}, rows,

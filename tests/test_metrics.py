@@ -5,8 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
-from emgroup.analysis.metrics import (best_latent_correlation, circular_correlation, clustering_accuracy,
-                                      image_correlation, pearson, pose_metrics, wrap_angle)
+from emgroup.analysis.metrics import (best_latent_correlation, circular_correlation, circular_correlation_uniform,
+                                      clustering_accuracy, image_correlation, pearson, pose_metrics, wrap_angle)
 
 
 def test_circular_correlation_sign_offset_and_wrapping():
@@ -19,6 +19,27 @@ def test_circular_correlation_sign_offset_and_wrapping():
     concentrated = rng.vonmises(0.5, 2.0, a.size)
     noisy = circular_correlation(concentrated, concentrated + rng.normal(0, 0.5, a.size))
     assert 0.5 < noisy < 0.95
+
+
+def test_circular_correlation_uniform_is_stable_on_uniform_angles():
+    rng = np.random.default_rng(2)
+    a = rng.uniform(-np.pi, np.pi, 20000)
+    assert circular_correlation_uniform(a, a + 1.3) == pytest.approx(1.0, abs=0.03)
+    assert circular_correlation_uniform(a, 2.0 - a) == pytest.approx(-1.0, abs=0.03)
+    assert abs(circular_correlation_uniform(a, rng.uniform(-np.pi, np.pi, a.size))) < 0.03
+    assert circular_correlation_uniform(a, a + rng.normal(0, 0.5, a.size)) == pytest.approx(np.exp(-0.125), abs=0.03)
+    # 70% of predictions right to 0.1 rad, 30% random: the published statistic's value depends on the draw (its
+    # circular means are noise), the uniform version's does not
+    published, uniform = [], []
+    for _ in range(10):
+        a = rng.uniform(-np.pi, np.pi, 2000)
+        b = a + 0.7 + rng.normal(0, 0.1, a.size)
+        wrong = rng.random(a.size) < 0.3
+        b[wrong] = rng.uniform(-np.pi, np.pi, wrong.sum())
+        published.append(circular_correlation(a, b))
+        uniform.append(circular_correlation_uniform(a, b))
+    assert np.ptp(published) > 0.5
+    assert np.ptp(uniform) < 0.1 and np.mean(uniform) == pytest.approx(0.7 * np.exp(-0.005), abs=0.03)
 
 
 def test_circular_correlation_is_pearson_for_concentrated_angles():
@@ -56,7 +77,9 @@ def test_pose_metrics_and_image_correlation():
     out = pose_metrics(wrap_angle(theta + 0.4), shift + rng.normal(0, 0.3, shift.shape), theta, shift)
     assert out["rotation_circular_correlation"] == pytest.approx(1.0)
     assert out["translation_pearson_x"] > 0.98 and out["translation_pearson_y"] > 0.98
-    assert set(pose_metrics(theta, None, theta, shift)) == {"rotation_circular_correlation"}
+    assert out["rotation_circular_correlation_uniform"] == pytest.approx(1.0, abs=0.1)
+    assert set(pose_metrics(theta, None, theta, shift)) == {"rotation_circular_correlation",
+                                                            "rotation_circular_correlation_uniform"}
     images = rng.normal(size=(3, 8, 8))
     assert np.allclose(image_correlation(images, 2 * images + 5), 1.0)
     assert np.all(np.abs(image_correlation(images, rng.normal(size=(3, 8, 8)))) < 0.5)
