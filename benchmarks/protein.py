@@ -49,8 +49,9 @@ def evaluate(result: dict, particles) -> dict:
     truth = ParticleStack.open(particles).meta["rlnEmgroupTrueConformation"].to_numpy()
     dim = metrics["latent_conformation_dim"] - 1
     row["conformation_abs_spearman"] = abs(float(stats.spearmanr(z.reshape(len(truth), -1)[:, dim], truth)[0]))
-    if "rotation_circular_correlation" in metrics:
-        row["rotation_circular_correlation"] = metrics["rotation_circular_correlation"]
+    for key in ("rotation_circular_correlation", "rotation_circular_correlation_uniform"):  # uniform angles
+        if key in metrics:
+            row[key] = metrics[key]
     row["train_seconds"] = result["train_seconds"]
     return row
 
@@ -76,7 +77,7 @@ def main(trajectory, snrs, models, quick, epochs, device, precision, threads, se
             print(f"done: {snr} {name} ({rows[-1]['train_seconds']:.0f} s training)", flush=True)
     report("protein", quick, settings, {name: MODELS[name] for name in models}, rows,
            ["data", "model", "conformation_abs_pearson", "conformation_abs_spearman", "rotation_circular_correlation",
-            "train_seconds"], REFERENCE, output)
+            "rotation_circular_correlation_uniform", "train_seconds"], REFERENCE, output)
 
 if __name__ == "__main__":
     main()
