@@ -8,7 +8,8 @@ rlnEmgroupTrueClass), with the test digits also untransformed (``test_centred.st
 Each model is trained and analyzed through the `emgroup` CLI. Reported on the test split:
 
 * rotation: Jammalamadaka-Sengupta circular correlation with the applied angle, "relative" (the published
-  figure: each digit's predicted angle minus the prediction for the same digit untransformed) and "absolute";
+  figure: each digit's predicted angle minus the prediction for the same digit untransformed) and "absolute",
+  each also in the statistic's form for uniform marginals (``_uniform``: stable when the angles cover the circle);
 * translation: Pearson correlation per axis with the applied translation (image frame, RELION's origin),
   relative and absolute;
 * clustering accuracy (Hungarian-matched) of 10 Ward agglomerative clusters of the latent means (as `emgroup
@@ -151,8 +152,7 @@ def main(data, datasets, models, quick, epochs, device, precision, threads, seed
             print(f"done: MNIST({dataset}) {name} ({rows[-1]['train_seconds']:.0f} s training)", flush=True)
     report("mnist", quick, settings, {name: MODELS[name] for name in models}, rows,
            ["dataset", "model", "rotation_relative", "rotation_relative_uniform", "rotation_absolute",
-            "translation_x_relative",
-            "translation_y_relative", "translation_x_absolute", "translation_y_absolute", "clustering_accuracy",
+            "translation_x_relative", "translation_y_relative", "translation_x_absolute", "translation_y_absolute", "clustering_accuracy",
             "clustering_accuracy_mean_std"], REFERENCE, output)
 
 if __name__ == "__main__":

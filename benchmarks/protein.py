@@ -6,7 +6,8 @@ direction, uniform in-plane rotation, CTF (defocus 1-2.5 µm), at SNR 0.1 and no
 normalizes them; each model is trained (`emgroup train`, z_dim 1) and analyzed (`emgroup analyze`) through the
 CLI on all particles. Reported: corr(z, conformation) as the absolute Pearson correlation (and |Spearman|) of the
 latent dimension that correlates best, and the Jammalamadaka-Sengupta circular correlation of the inferred angle
-with the true rotation (spatial-VAE's 5HDB figures: 0.95 and 0.92).
+with the true rotation (spatial-VAE's 5HDB figures: 0.95 and 0.92), also in its form for uniform marginals (the
+rotations are uniform).
 
     python benchmarks/protein.py --quick        # 3,000 particles, small models, 20 epochs (CPU, minutes)
     python benchmarks/protein.py --device cuda  # 20,000 particles, the paper's model size

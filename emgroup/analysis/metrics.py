@@ -21,11 +21,9 @@ def circular_correlation(a, b) -> float:
     ``sum sin(a - mean_a) sin(b - mean_b) / sqrt(sum sin^2(a - mean_a) sum sin^2(b - mean_b))`` with circular
     means (as astropy's ``circcorrcoef``, which TARGET-VAE's evaluation used); invariant to adding a constant to
     either sample and to wrapping by 2 pi. For nearly uniform samples the circular means are ill-defined and so
-    is this statistic: a rotation correlation on uniform angles is better read from relative poses.
+    is this statistic: read :func:`circular_correlation_uniform` there.
     """
-    a, b = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
-    sin_a = np.sin(a - stats.circmean(a, high=np.pi, low=-np.pi))
-    sin_b = np.sin(b - stats.circmean(b, high=np.pi, low=-np.pi))
+    sin_a, sin_b = _centred_sines(a), _centred_sines(b)
     return float(np.sum(sin_a * sin_b) / np.sqrt(np.sum(sin_a**2) * np.sum(sin_b**2)))
 
 
@@ -38,10 +36,15 @@ def circular_correlation_uniform(a, b) -> float:
     ``exp(-sigma^2 / 2)``, ``b = c - a`` gives -1.
     """
     a, b = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
-    sin_a = np.sin(a - stats.circmean(a, high=np.pi, low=-np.pi))
-    sin_b = np.sin(b - stats.circmean(b, high=np.pi, low=-np.pi))
+    sin_a, sin_b = _centred_sines(a), _centred_sines(b)
     resultant_minus, resultant_plus = np.abs(np.exp(1j * (a - b)).sum()), np.abs(np.exp(1j * (a + b)).sum())
     return float((resultant_minus - resultant_plus) / (2 * np.sqrt(np.sum(sin_a**2) * np.sum(sin_b**2))))
+
+
+def _centred_sines(angles) -> np.ndarray:
+    """``sin(angle - circular mean)`` of an angle sample (N,) in radians, flattened."""
+    angles = np.asarray(angles, dtype=float).ravel()
+    return np.sin(angles - stats.circmean(angles, high=np.pi, low=-np.pi))
 
 
 def pearson(a, b) -> float:
