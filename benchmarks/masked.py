@@ -16,7 +16,8 @@ regression (scikit-learn) on z_i (on z for the autoencoder) for the digit / the 
 inputs in random orientations and scored on the held-out ones in random orientations; and how invariant that z_i
 (z) is: ``sum |z_i(T_g x) - z_i(x)|^2 / sum |z_i(x)|^2`` over held-out inputs and g of the whole group (0: invariant).
 
-    python benchmarks/masked.py [--quick] [--datasets mnist adk] [--model JSON] [--seed 0] [--output FILE.json]
+    python benchmarks/masked.py [--quick] [--datasets mnist adk] [--model JSON] [--variants masked autoencoder ...]
+                                [--adk-snr inf] [--seed 0] [--output FILE.json]
 """
 
 import argparse
@@ -59,11 +60,13 @@ def mnist(n_train: int, n_test: int):
     return (images[:n_train], labels[:n_train]), (images[n_train:], labels[n_train:])
 
 
-def adk_volumes(n: int, seed: int, folder: Path):
-    """n closed/open AdK volumes (n, 32, 32, 32) from `emgroup simulate --volumes`, scaled to max 1, and states."""
+def adk_volumes(n: int, seed: int, snr: float, folder: Path):
+    """n closed/open AdK volumes (n, 32, 32, 32) from `emgroup simulate --volumes` (white noise at ``snr``), scaled
+    to max 1, and states."""
     subprocess.run([sys.executable, "-m", "emgroup", "simulate", "-o", str(folder), "--volumes", "-n", str(n),
                     "--box", "32", "--apix", "3.5", "--pdb", str(SHARED / "adk_closed.pdb"), "--pdb2",
-                    str(SHARED / "adk_open.pdb"), "--conformations", "2", "--seed", str(seed), "--no-progress"],
+                    str(SHARED / "adk_open.pdb"), "--conformations", "2", "--snr", str(snr), "--seed", str(seed),
+                    "--no-progress"],
                    check=True, cwd=folder.parent, capture_output=True)
     stack = VolumeStack.open(folder / "volumes.star", root=folder.parent)
     volumes = torch.from_numpy(stack.images())
@@ -136,9 +139,10 @@ def classifier_accuracy(model, train_set, test_set, seed: int, invariant: bool) 
     return float(fit.score(x_test, test_set[1]))
 
 
-def run_dataset(name, train_set, test_set, box, base, steps, batch, seed):
+def run_dataset(name, train_set, test_set, box, base, steps, batch, seed, variants):
     rows, seen = [], []
-    for variant, options in VARIANTS.items():
+    for variant in variants:
+        options = VARIANTS[variant]
         config = {**base, **options, "max_angle": TRAIN_ANGLE}
         if config in seen:  # e.g. masked-vector when the base model already has the vector action
             continue
@@ -177,6 +181,10 @@ def main():
                         help="model options shared by every variant, over the protocol's, e.g. "
                         "'{\"action\": \"vector\", \"latent_channels\": 256}' (a variant that repeats another "
                         "is skipped)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="the models to train (default: all)")
+    parser.add_argument("--adk-snr", type=float, default=float("inf"),
+                        help="signal / noise variance of the AdK volumes (default: inf, noise-free)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=None,
                         help="JSON file [default: benchmarks/results/masked.json, masked_quick.json with --quick]")
@@ -197,15 +205,16 @@ def main():
     rows = []
     if "mnist" in args.datasets:
         rows += run_dataset("mnist", *mnist(settings["mnist_train"], settings["mnist_test"]), 28, mnist_model,
-                            settings["mnist_steps"], settings["mnist_batch"], args.seed)
+                            settings["mnist_steps"], settings["mnist_batch"], args.seed, args.variants)
     if "adk" in args.datasets:
         with tempfile.TemporaryDirectory() as tmp:
-            train_set, test_set = adk_volumes(settings["adk_volumes"], args.seed, Path(tmp) / "adk")
+            train_set, test_set = adk_volumes(settings["adk_volumes"], args.seed, args.adk_snr, Path(tmp) / "adk")
         rows += run_dataset("adk", train_set, test_set, 32, adk_model, settings["adk_steps"],
-                            settings["adk_batch"], args.seed)
+                            settings["adk_batch"], args.seed, args.variants)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({"settings": {**settings, "mnist_model": mnist_model, "adk_model": adk_model,
                                                "train_angle_deg": TRAIN_ANGLE, "seed": args.seed,
+                                               "adk_snr": args.adk_snr if math.isfinite(args.adk_snr) else None,
                                                "quick": quick, "torch_threads": 1, "datasets": args.datasets},
                                   "results": rows}, indent=2) + "\n")
     print(f"wrote {output}")

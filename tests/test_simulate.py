@@ -159,6 +159,19 @@ def test_volumes_mode(adk_volume, run_emgroup, relion_project, tmp_path, monkeyp
             assert correlation(mrc.data.sum(axis=0), want) >= 0.99
 
 
+def test_volume_noise_at_the_requested_snr(adk_volume, run_emgroup, tmp_path, monkeypatch):
+    """--volumes --snr adds white noise of variance var(volume) / snr to the same turned volumes as without it."""
+    monkeypatch.chdir(tmp_path)
+    for outdir, snr in (("clean", "inf"), ("noisy", 0.5)):
+        result = run_emgroup("simulate", "-o", outdir, "--volumes", "-n", 2, "--box", BOX, "--apix", APIX,
+                             "--snr", snr, "--no-progress")
+        assert result.exit_code == 0, result.output
+    noise = np.stack([mrcfile.read(f"noisy/volumes/{i:06d}.mrc") - mrcfile.read(f"clean/volumes/{i:06d}.mrc")
+                      for i in (1, 2)])
+    assert noise.var() == pytest.approx(adk_volume.var() / 0.5, rel=0.05)
+    assert abs(noise.mean()) < 0.05 * noise.std()
+
+
 def test_volume_input_and_seed_reproducibility(adk_volume, run_emgroup, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_volume("map.mrc", adk_volume, APIX)

@@ -85,13 +85,14 @@ def parse_range(ctx, param, value) -> tuple[float, float]:
               help="Amplitude contrast fraction.")
 @click.option("--bfactor", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="CTF envelope B-factor, Å^2 (exp(-B s^2 / 4)), written as rlnCtfBfactor.")
-@click.option("--snr", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
-              help="Signal variance / noise variance (white Gaussian noise); signal = CTF-applied image over the "
-                   "whole box, averaged over particles; 'inf' for no noise.")
+@click.option("--snr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Signal variance / noise variance (white Gaussian noise); signal = variance over the whole box "
+                   "of the CTF-applied image, averaged over particles (with --volumes: of the unrotated volume, "
+                   "averaged over conformations); 'inf' for no noise.  [default: 0.1; none with --volumes]")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same data).")
 @click.option("--volumes", "volume_mode", is_flag=True,
               help="3D mode: write N volumes of the object in random SO(3) orientations and conformations "
-                   "(no CTF, noise, shift) to OUTDIR/volumes/ + OUTDIR/volumes.star.")
+                   "(no CTF or shift; noise only with --snr) to OUTDIR/volumes/ + OUTDIR/volumes.star.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def command(outdir, pdb, volume, pdb2, trajectory, conformations, n_particles, box, apix, views, rotation,
             shift_sigma, ctf, defocus, astigmatism, voltage, cs, amplitude_contrast, bfactor, snr, seed,
@@ -110,8 +111,10 @@ def command(outdir, pdb, volume, pdb2, trajectory, conformations, n_particles, b
     volumes, truth, box, apix = _object(pdb, volume, pdb2, trajectory, conformations, box, apix)
     rng = np.random.default_rng(seed)
     if volume_mode:
-        _write_volumes(outdir, volumes, truth, n_particles, apix, rng, progress)
+        _write_volumes(outdir, volumes, truth, n_particles, apix, float("inf") if snr is None else snr, rng,
+                       progress)
         return
+    snr = 0.1 if snr is None else snr
     ctf_options = dict(defocus_um=defocus, astigmatism=astigmatism, bfactor=bfactor) if ctf else None
     table, conformation = simulate.sample_particles(
         n_particles, truth, rng, apix, ctf_options, views=views, rotation=rotation[0], rotation_sigma=rotation[1],
@@ -165,15 +168,19 @@ def _object(pdb, volume, pdb2, trajectory, k, box, apix):
     return simulate.conformation_volumes(coords, elements, box, apix), truth, box, apix
 
 
-def _write_volumes(outdir, volumes, truth, n, apix, rng, progress):
-    """OUTDIR/volumes/000001.mrc ... of the object turned by uniform random rotations + OUTDIR/volumes.star."""
+def _write_volumes(outdir, volumes, truth, n, apix, snr, rng, progress):
+    """OUTDIR/volumes/000001.mrc ... of the object turned by uniform random rotations, with white Gaussian noise of
+    variance (mean variance of the conformations' volumes over the box) / ``snr``, + OUTDIR/volumes.star."""
     rotations = random_rotations(n, rng)
     conformation = rng.integers(0, len(truth), n)
     rot, tilt, psi = matrix_to_euler(rotations)
     quaternion = matrix_to_quaternion(rotations)
     names = [outdir / "volumes" / f"{i + 1:06d}.mrc" for i in range(n)]
+    noise_sigma = np.sqrt(volumes.var(axis=(1, 2, 3)).mean() / snr)
     rotated = simulate.rotate_volumes(volumes, rotations, conformation)
     for name, vol in zip(names, tqdm(rotated, total=n, unit="volume", disable=not progress)):
+        if noise_sigma:
+            vol += rng.normal(0.0, noise_sigma, vol.shape).astype(np.float32)
         write_volume(name, vol, apix)
     table = pd.DataFrame({"rlnImageName": [os.path.relpath(name.resolve(), Path.cwd()) for name in names],
                           "rlnAngleRot": rot, "rlnAngleTilt": tilt, "rlnAnglePsi": psi,
