@@ -3,6 +3,7 @@ every output read back (by RELION 3.1 and cryoSPARC's reader too), poses and cla
 
 import json
 import subprocess
+from pathlib import Path
 
 import h5py
 import mrcfile
@@ -18,6 +19,7 @@ from emgroup.analysis.metrics import clustering_accuracy, image_correlation
 from emgroup.analysis.pipeline import particles_table
 from emgroup.data.poses import model_from_relion, relion_from_model
 from emgroup.data.stack import ParticleStack, write_particles
+from emgroup.data.volumes import VolumeStack
 from emgroup.io.cryosparc import read_cs
 from emgroup.io.star import optics_table, read_star
 from emgroup.models.registry import build_model
@@ -56,6 +58,8 @@ def test_wide_latents_are_clustered_on_principal_components_and_summarised_in_th
     assert latent_columns == [f"rlnEmgroupLatentPC{i}" for i in range(1, 11)]
     leading = table[["rlnEmgroupLatentPC1", "rlnEmgroupLatentPC2"]].to_numpy()  # the plane of the three groups
     assert clustering_accuracy(truth, cluster_latents(leading, 3, "kmeans").labels) == 1.0
+    few = np.vstack([wide[truth == c][:4] for c in range(3)])  # 12 particles, fewer than the 32 components
+    assert clustering_accuracy(np.repeat(np.arange(3), 4), cluster_latents(few, 3, "kmeans").labels) == 1.0
 
 
 def test_agglomerative_beyond_its_memory_limit_assigns_every_point(monkeypatch):
@@ -246,3 +250,71 @@ def test_relion_reads_every_output_and_its_own_alignment_gives_our_class_average
     labels = particles["rlnClassNumber"].to_numpy()
     theirs = np.stack([aligned[labels == k].mean(0) for k in (1, 2, 3)])
     assert np.all(image_correlation(theirs, mrcfile.read("out/class_averages.mrcs")) >= 0.95)
+
+
+# --- volumes ----------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def analyzed_volumes(tmp_path_factory):
+    """A tiny masked SO(3) model trained for one epoch on 24 simulated AdK volumes (closed/open), analyzed with 2
+    k-means clusters: the project folder (paths in the outputs are relative to it)."""
+    from click.testing import CliRunner
+
+    from emgroup.cli.main import cli
+
+    folder = tmp_path_factory.mktemp("volumes")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        torch.set_num_threads(1)
+        for args in (["simulate", "-o", "sim", "--volumes", "-n", 24, "--box", 16, "--apix", 7, "--pdb2", _adk_open(),
+                      "--conformations", 2, "--no-progress"],
+                     ["train", "sim/volumes.star", "-o", "run", "--model", "masked", "--group", "SO3", "--width", 4,
+                      "--latent-channels", 4, "--epochs", 1, "--batch-size", 8, "--no-progress"],
+                     ["analyze", "run", "-o", "out", "--clusters", 2, "--cluster-method", "kmeans", "--no-progress"]):
+            result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+            assert result.exit_code == 0, result.output
+    return folder
+
+
+@pytest.mark.slow
+def test_volume_outputs_agree_with_the_model_and_the_input(analyzed_volumes, monkeypatch):
+    monkeypatch.chdir(analyzed_volumes)
+    table, optics = read_star("out/volumes.star")
+    source, _ = read_star("sim/volumes.star")
+    assert optics["rlnImageDimensionality"].item() == 3 and optics["rlnImagePixelSize"].item() == 7
+    for column in source:  # every input column kept (the true orientations too), same volumes, same order
+        assert np.array_equal(table[column], source[column]), column
+    with h5py.File("out/latents.h5") as h5:
+        z, z_v, z_i = (h5[f"encoding/{name}"][:] for name in ("z", "z_v", "z_i"))
+        classes = h5["class_number"][:]
+    np.testing.assert_allclose(z_v + z_i, z, atol=1e-6)
+    assert np.array_equal(table["rlnClassNumber"], classes) and set(classes) == {1, 2}
+    model, _ = load_run("run", "best")
+    volumes = torch.from_numpy(VolumeStack.open("sim/volumes.star").images())
+    with torch.no_grad():
+        expected = model.decode(model.encode(volumes))
+        centres = model.decode({"z": torch.from_numpy(np.stack([z[classes == k].mean(0) for k in (1, 2)]))})
+    denoised = VolumeStack.open("out/denoised.star")
+    assert len(denoised) == 24 and denoised.apix == 7
+    np.testing.assert_allclose(denoised.images(), expected.numpy(), atol=1e-4)
+    for k in (1, 2):
+        np.testing.assert_allclose(mrcfile.read(f"out/class_decoded/class{k:03d}.mrc"), centres[k - 1].numpy(),
+                                   atol=1e-4)
+    metrics = json.loads(Path("out/metrics.json").read_text())
+    assert 0 <= metrics["latent_conformation_abs_pearson"] <= 1
+    figures = {p.name for p in Path("out/figures").iterdir()}
+    assert {"latent_map.png", "class_decoded.png", "latent_traversal.png", "mask.png", "latent_swap.png",
+            "group_action.png"} <= figures and "class_averages.png" not in figures
+
+
+@pytest.mark.slow
+@pytest.mark.relion
+def test_relion_reads_the_volume_outputs(analyzed_volumes, monkeypatch):
+    monkeypatch.chdir(analyzed_volumes)
+    for star in ("out/volumes.star", "out/denoised.star"):
+        subprocess.run(["relion_star_handler", "--i", star, "--o", "copy.star"], check=True, capture_output=True)
+        assert len(read_star("copy.star")[0]) == 24
+    for volume in ("out/class_decoded/class001.mrc", "out/denoised/000024.mrc"):
+        stats = subprocess.run(["relion_image_handler", "--i", volume, "--stats"], check=True, capture_output=True,
+                               text=True).stdout
+        assert "16 x 16 x 16 x 1" in stats and "angpix = 7" in stats

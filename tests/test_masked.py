@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from emgroup.analysis.inference import group_action_examples
 from emgroup.data import poses, simulate
 from emgroup.models.grids import resample_images
 from emgroup.models.masked import MaskedGroupAction
@@ -109,6 +110,27 @@ def test_analysis_helpers():
     theta = torch.tensor([0.3, -1.0, 2.0])
     assert torch.allclose(model.predict(x, theta), model.decode({**enc, "theta": theta}))
     assert not torch.allclose(model.predict(x, theta), model.decode(enc))
+
+
+def test_group_action_examples_turn_in_plane_and_about_y(blob_volume):
+    """The analysis figure's examples: angle 0 is the masked input itself, the predictions are the model's, and for
+    volumes 90 and 270 degrees are opposite quarter turns about y (exact voxel permutations in the z-x plane)."""
+    model = small().eval()
+    x = torch.randn(2, 16, 16)
+    truth, predicted = group_action_examples(model, x.numpy(), [0, 30])
+    assert truth.shape == predicted.shape == (2, 2, 16, 16)
+    np.testing.assert_allclose(truth[:, 0], (x * model.support).numpy(), atol=1e-6)
+    with torch.no_grad():
+        np.testing.assert_allclose(predicted[:, 1], model.predict(x, torch.full((2,), math.radians(30))).numpy(),
+                                   atol=1e-5)
+    volume = blob_volume[0][1:, 1:, 1:]  # odd box: the centre D // 2 is the array's centre, about which rot90 turns
+    model = small(volume.shape[-1], group="SO3").eval()
+    truth, _ = group_action_examples(model, volume[None], [90, 270])
+    masked = volume * model.support.numpy()
+    turns = [np.rot90(masked, k, axes=(0, 2)) for k in (1, -1)]
+    quarter = np.argmin([np.abs(truth[0, 0] - turn).max() for turn in turns])
+    np.testing.assert_allclose(truth[0, 0], turns[quarter], atol=1e-4)
+    np.testing.assert_allclose(truth[0, 1], turns[1 - quarter], atol=1e-4)
 
 
 def _rotated_digits(shared_data, n=512):

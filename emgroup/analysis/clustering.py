@@ -49,8 +49,8 @@ def cluster_latents(features, n_clusters: int | str = "auto", method: str = "gmm
     if method not in METHODS:
         raise ValueError(f"unknown clustering method {method!r} (expected one of {METHODS})")
     fit = {"gmm": _gmm, "kmeans": _kmeans, "agglomerative": _agglomerative}[method]
-    clustered = (PCA(max_dims, random_state=seed).fit_transform(features) if features.shape[1] > max_dims
-                 else features)
+    dims = min(max_dims, len(features))  # PCA gives at most as many components as there are samples
+    clustered = PCA(dims, random_state=seed).fit_transform(features) if features.shape[1] > dims else features
     scores = {}
     if n_clusters == "auto":
         sample = clustered[_subset(len(features), SELECTION_SAMPLE, seed)]

@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from emgroup.data.poses import matrix_to_euler, relion_from_model
+from emgroup.models.so3 import quaternion_to_matrix
 
 #: encode entries that place the object; without them ``decode`` draws the canonical pose
 POSE_KEYS = ("theta", "shift", "rotation")
@@ -66,6 +67,26 @@ def decode(model, latent: dict, n: int) -> np.ndarray:
 def decode_latents(model, z, device="cpu") -> np.ndarray:
     """Images (n, D, D) float32 the generator draws in the canonical pose at latent vectors ``z`` (n, k)."""
     return decode(model, {"z": torch.as_tensor(np.asarray(z), dtype=torch.float32, device=device)}, len(z))
+
+
+def group_action_examples(model, data: np.ndarray, angles_deg, device="cpu") -> tuple[np.ndarray, np.ndarray]:
+    """For a model that predicts group actions (``transform``/``predict``, the masked-latent model): the true
+    ``T_g x`` and the prediction ``D(Phi_g(E x))`` of each of ``data`` (m, D, D[, D]) for g = the rotations by
+    ``angles_deg`` (degrees; in-plane for images, about the y axis for volumes). Two float32 arrays
+    (m, len(angles), D, D[, D])."""
+    x = torch.as_tensor(np.asarray(data), dtype=torch.float32, device=device)
+    m, k = len(x), len(angles_deg)
+    half = torch.deg2rad(torch.as_tensor(angles_deg, dtype=torch.float32, device=device)) / 2
+    if model.ndim == 2:
+        g = 2 * half
+    else:  # quaternions (cos a/2, 0, sin a/2, 0): a turn about y
+        zero = torch.zeros_like(half)
+        g = quaternion_to_matrix(torch.stack([half.cos(), zero, half.sin(), zero], -1))
+    x, g = x.repeat_interleave(k, 0), g.repeat(m, *(1,) * (g.dim() - 1))
+    with torch.inference_mode():
+        truth, predicted = model.transform(x * model.support, g), model.predict(x, g)
+    shape = (m, k, *x.shape[1:])
+    return truth.float().cpu().numpy().reshape(shape), predicted.float().cpu().numpy().reshape(shape)
 
 
 def inplane_pose(encoding: dict, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -20,12 +20,13 @@ from sklearn.decomposition import PCA
 from emgroup.analysis import plots
 from emgroup.analysis.class_averages import class_averages
 from emgroup.analysis.clustering import Clusters, cluster_latents
-from emgroup.analysis.inference import POSE_KEYS, decode_latents, encode_stack, inplane_pose, relion_pose_columns
+from emgroup.analysis.inference import (POSE_KEYS, decode_latents, encode_stack, group_action_examples, inplane_pose,
+                                        relion_pose_columns)
 from emgroup.analysis.metrics import best_latent_correlation, clustering_accuracy, image_correlation, pose_metrics
 from emgroup.data.poses import model_from_relion, relion_from_model
 from emgroup.io.atomic import atomic_path
 from emgroup.io.cryosparc import write_cs
-from emgroup.io.mrc import StackWriter, open_stack, write_stack
+from emgroup.io.mrc import StackWriter, open_stack, write_stack, write_volume
 from emgroup.io.star import format_image_name, parse_image_name, write_star
 
 POSE_LABELS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst")
@@ -37,6 +38,8 @@ STAR_LATENTS, STAR_PCS = 32, 10
 #: encoding entries kept in memory (the rest, e.g. TARGET-VAE's q(t, r), stay in latents.h5 only)
 IN_MEMORY = ("z", "z_std", "mask", *POSE_KEYS)
 TRUE_CLASS, TRUE_CONFORMATION = "rlnEmgroupTrueClass", "rlnEmgroupTrueConformation"
+#: the group-action figure: particles shown (nearest to the first cluster centres) and rotation angles (degrees)
+ACTION_EXAMPLES, ACTION_ANGLES = 3, (0, 45, 90, 135, 180, 225, 270, 315)
 
 
 @dataclass
@@ -76,14 +79,9 @@ def analyze(model, stack, outdir, rundir=None, options: Options | None = None) -
             if comparison is not None:
                 comparison.add(indices, images, reconstructions)
 
-        stored = encode_stack(model, stack, h5.create_group("encoding"), options.batch_size, options.device,
-                              decoded if options.denoise else None, options.canonical, options.progress)
-        encoding = {name: stored[name][:] for name in IN_MEMORY if name in stored}
-        z = encoding["z"].reshape(n, -1)
-        clusters = cluster_latents(z, options.clusters, options.cluster_method, options.max_clusters, options.seed)
+        encoding, clusters, swap = _encode_and_cluster(model, stack, h5, options, decoded if options.denoise else None)
         table = particles_table(stack.meta, encoding, clusters.labels, apix)
         _store_analysis(h5, table, clusters, stack, options)
-        swap = _latent_swap(stored, z, clusters) if {"z_v", "z_i"} <= set(stored) else None
     theta, shift = inplane_pose(encoding, n)
     averages, counts = class_averages(stack, clusters.labels, theta, shift, clusters.n_clusters,
                                       options.batch_size, options.progress)
@@ -104,9 +102,61 @@ def analyze(model, stack, outdir, rundir=None, options: Options | None = None) -
     if metrics:
         with atomic_path(outdir / "metrics.json") as tmp:
             tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    make_figures(model, outdir / "figures", stack.meta, encoding, clusters, averages, decoded_centres, swap,
-                 rundir, options.device)
+    make_figures(model, outdir / "figures", stack, encoding, clusters, averages, decoded_centres, swap, rundir,
+                 options.device)
     return {"particles": n, "clusters": clusters.n_clusters, "counts": counts.tolist(), "metrics": metrics}
+
+
+def analyze_volumes(model, stack, outdir, rundir=None, options: Options | None = None) -> dict:
+    """`emgroup analyze` for a volume model (``model.ndim == 3``) and a VolumeStack: ``latents.h5``,
+    ``volumes.star`` (the input rows with ``rlnClassNumber`` and the latents), ``class_decoded/classNNN.mrc`` (the
+    decoder at each cluster centre), ``denoised/NNNNNN.mrc`` + ``denoised.star`` (each volume's reconstruction),
+    figures (volumes drawn as projections along z) and, with truth in the STAR, ``metrics.json``. Such a model
+    infers no pose, so nothing is aligned or averaged. Returns the summary :func:`analyze` returns."""
+    options = options or Options()
+    outdir = Path(outdir)
+    for folder in ("figures", "class_decoded", *(["denoised"] if options.denoise else [])):
+        (outdir / folder).mkdir(parents=True, exist_ok=True)
+    n, apix = len(stack), stack.apix
+    denoised = [outdir / "denoised" / f"{i + 1:06d}.mrc" for i in range(n)]
+
+    def decoded(indices, volumes, reconstructions):
+        for i, volume in zip(indices, reconstructions):
+            write_volume(denoised[i], volume, apix)
+
+    with contextlib.ExitStack() as files:
+        h5 = files.enter_context(h5py.File(files.enter_context(atomic_path(outdir / "latents.h5")), "w"))
+        encoding, clusters, swap = _encode_and_cluster(model, stack, h5, options, decoded if options.denoise else None)
+        kept = stack.meta.drop(columns=[c for c in stack.meta if c == "rlnClassNumber" or c.startswith(LATENT_LABEL)])
+        table = pd.concat([kept.reset_index(drop=True), _class_and_latents(clusters.labels, encoding["z"], n)], axis=1)
+        _store_analysis(h5, table, clusters, stack, options)
+    decoded_centres = decode_latents(model, clusters.centres, options.device)
+    write_star(outdir / "volumes.star", table, stack.optics)
+    for k, volume in enumerate(decoded_centres):
+        write_volume(outdir / "class_decoded" / f"class{k + 1:03d}.mrc", volume, apix)
+    if options.denoise:
+        write_star(outdir / "denoised.star", table.assign(rlnImageName=[_from_cwd(path) for path in denoised]),
+                   stack.optics)
+    metrics = truth_metrics(stack.meta, encoding, clusters.labels, apix)
+    if metrics:
+        with atomic_path(outdir / "metrics.json") as tmp:
+            tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    make_figures(model, outdir / "figures", stack, encoding, clusters, None, decoded_centres, swap, rundir,
+                 options.device)
+    return {"particles": n, "clusters": clusters.n_clusters, "counts": clusters.counts.tolist(), "metrics": metrics}
+
+
+def _encode_and_cluster(model, stack, h5, options: Options, decoded) -> tuple[dict, Clusters, np.ndarray | None]:
+    """Encode ``stack`` into ``h5``'s group ``encoding`` (``decoded`` receives each batch's reconstructions, see
+    :func:`encode_stack`) and cluster the latent means: (the encoding's :data:`IN_MEMORY` entries, the clusters,
+    the latent-swap latents of :func:`_latent_swap` or None)."""
+    stored = encode_stack(model, stack, h5.create_group("encoding"), options.batch_size, options.device, decoded,
+                          options.canonical, options.progress)
+    encoding = {name: stored[name][:] for name in IN_MEMORY if name in stored}
+    z = encoding["z"].reshape(len(stack), -1)
+    clusters = cluster_latents(z, options.clusters, options.cluster_method, options.max_clusters, options.seed)
+    swap = _latent_swap(stored, z, clusters) if {"z_v", "z_i"} <= set(stored) else None
+    return encoding, clusters, swap
 
 
 def particles_table(meta: pd.DataFrame, encoding: dict, labels, apix: float) -> pd.DataFrame:
@@ -115,14 +165,20 @@ def particles_table(meta: pd.DataFrame, encoding: dict, labels, apix: float) -> 
     means as ``rlnEmgroupLatent1..k`` (k <= :data:`STAR_LATENTS`; else their principal components
     ``rlnEmgroupLatentPC1..``)."""
     n = len(meta)
-    z = np.asarray(encoding["z"], dtype=np.float64).reshape(n, -1)
     kept = meta.drop(columns=[c for c in meta if c in REPLACED or c.startswith(LATENT_LABEL)])
+    return pd.concat([kept.reset_index(drop=True), relion_pose_columns(encoding, n, apix),
+                      _class_and_latents(labels, encoding["z"], n)], axis=1)
+
+
+def _class_and_latents(labels, z, n: int) -> pd.DataFrame:
+    """``rlnClassNumber`` (1-based ``labels``) and the latent means ``z`` as ``rlnEmgroupLatent1..k``, or their
+    first :data:`STAR_PCS` principal components (``rlnEmgroupLatentPC1..``) when k > :data:`STAR_LATENTS`."""
+    z = np.asarray(z, dtype=np.float64).reshape(n, -1)
     prefix = LATENT_LABEL
     if z.shape[1] > STAR_LATENTS:
         z, prefix = PCA(min(STAR_PCS, n)).fit_transform(z), f"{LATENT_LABEL}PC"
-    latents = pd.DataFrame(z, columns=[f"{prefix}{i + 1}" for i in range(z.shape[1])])
-    return pd.concat([kept.reset_index(drop=True), relion_pose_columns(encoding, n, apix),
-                      pd.DataFrame({"rlnClassNumber": np.asarray(labels) + 1}), latents], axis=1)
+    return pd.DataFrame({"rlnClassNumber": np.asarray(labels) + 1,
+                         **{f"{prefix}{i + 1}": column for i, column in enumerate(z.T)}})
 
 
 def classes_table(counts, averages_path) -> pd.DataFrame:
@@ -208,21 +264,28 @@ def _store_analysis(h5, table: pd.DataFrame, clusters: Clusters, stack, options:
         h5["cluster_scores"] = np.array(list(clusters.scores.items()), dtype=float)
 
 
-def make_figures(model, folder: Path, meta, encoding, clusters: Clusters, averages, decoded, swap, rundir, device):
-    """All PNGs of `emgroup analyze` into ``folder`` (``swap``: latents from :func:`_latent_swap` or None)."""
-    n = len(meta)
+def make_figures(model, folder: Path, stack, encoding, clusters: Clusters, averages, decoded, swap, rundir, device):
+    """All PNGs of `emgroup analyze` into ``folder``; volumes (``model.ndim == 3``) are drawn as their projections
+    along z. ``averages``: the class averages or None (volumes); ``swap``: latents from :func:`_latent_swap` or
+    None."""
+    meta, n = stack.meta, len(stack)
     z = np.asarray(encoding["z"]).reshape(n, -1)
+
+    def pictures(data):  # images as they are, volumes projected along z
+        return data if model.ndim == 2 else data.sum(axis=-3)
+
     colourings = {"cluster": clusters.labels + 1}
     colourings |= {name: meta[column].to_numpy() for name, column in
                    [("true class", TRUE_CLASS), ("true conformation", TRUE_CONFORMATION)] if column in meta}
     plots.latent_map(z, colourings, folder / "latent_map.png")
     titles = [f"{k + 1}: {c}" for k, c in enumerate(clusters.counts)]
-    plots.gallery(averages, folder / "class_averages.png", titles, title="class averages (class: particles)")
-    plots.gallery(decoded, folder / "class_decoded.png", titles, title="generator at each cluster centre")
+    if averages is not None:
+        plots.gallery(averages, folder / "class_averages.png", titles, title="class averages (class: particles)")
+    plots.gallery(pictures(decoded), folder / "class_decoded.png", titles, title="generator at each cluster centre")
     grid, axis_names = plots.traversal_latents(z)
-    images = decode_latents(model, grid.reshape(-1, z.shape[1]), device).reshape(*grid.shape[:2], *decoded.shape[1:])
-    plots.image_grid(images, folder / "latent_traversal.png", title=f"latent traversal (rows: {axis_names[0]}, "
-                     f"columns: {axis_names[1]})")
+    images = pictures(decode_latents(model, grid.reshape(-1, z.shape[1]), device))
+    plots.image_grid(images.reshape(*grid.shape[:2], *images.shape[1:]), folder / "latent_traversal.png",
+                     title=f"latent traversal (rows: {axis_names[0]}, columns: {axis_names[1]})")
     curves = Path(rundir) / "metrics.csv" if rundir is not None else None
     if curves is not None and curves.is_file() and len(table := pd.read_csv(curves)):
         plots.training_curves(table, folder / "training_curves.png")
@@ -232,17 +295,29 @@ def make_figures(model, folder: Path, meta, encoding, clusters: Clusters, averag
         mask = encoding["mask"][0] if encoding["mask"].ndim > 1 and len(encoding["mask"]) == n else encoding["mask"]
         plots.mask_plot(mask, folder / "mask.png")
     if swap is not None:
-        images = decode_latents(model, swap.reshape(-1, swap.shape[-1]), device)
-        plots.image_grid(images.reshape(*swap.shape[:2], *decoded.shape[1:]), folder / "latent_swap.png",
+        images = pictures(decode_latents(model, swap.reshape(-1, swap.shape[-1]), device))
+        plots.image_grid(images.reshape(*swap.shape[:2], *images.shape[1:]), folder / "latent_swap.png",
                          title="rows: acted-on part z_v of one particle; columns: invariant part z_i of another")
+    if hasattr(model, "predict") and hasattr(model, "transform"):
+        examples = stack.images(np.sort(_nearest_particles(z, clusters, ACTION_EXAMPLES)))
+        truth, predicted = group_action_examples(model, examples, ACTION_ANGLES, device)
+        rows = np.stack([truth, predicted], 1).reshape(-1, *truth.shape[1:])  # truth, prediction, truth, ...
+        plots.image_grid(pictures(rows), folder / "group_action.png",
+                         row_labels=["T_g x", "predicted"] * len(examples),
+                         col_labels=[f"{a:g}°" for a in ACTION_ANGLES],
+                         title="each particle turned by g (" + ("in-plane" if model.ndim == 2 else "about y") +
+                               ") and the model's prediction D(Φ_g(E x))")
+
+
+def _nearest_particles(z, clusters: Clusters, count: int) -> np.ndarray:
+    """Index of the particle nearest to each of the first ``count`` cluster centres."""
+    return np.argmin(np.sum(z**2, 1)[None] - 2 * clusters.centres[:count] @ z.T, axis=1)
 
 
 def _latent_swap(stored, z, clusters: Clusters, count: int = 6) -> np.ndarray:
     """(c, c, k) latents ``z_v[i] + z_i[j]`` for the particles i, j nearest to the first c <= ``count`` cluster
     centres, from an encoding that splits ``z`` into the group-acted ``z_v`` and the invariant ``z_i``."""
-    centres = clusters.centres[:count]
-    picks = np.argmin(np.sum(z**2, 1)[None] - 2 * centres @ z.T, axis=1)  # nearest particle to each centre
-    rows, order = np.unique(picks, return_inverse=True)  # h5py reads increasing indices
+    rows, order = np.unique(_nearest_particles(z, clusters, count), return_inverse=True)  # h5py reads in order
     z_v, z_i = stored["z_v"][rows][order], stored["z_i"][rows][order]
     return z_v[:, None, :] + z_i[None, :, :]
 

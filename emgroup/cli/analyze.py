@@ -6,8 +6,9 @@ from pathlib import Path
 import click
 
 from emgroup.analysis.clustering import METHODS
-from emgroup.analysis.pipeline import Options, analyze
+from emgroup.analysis.pipeline import Options, analyze, analyze_volumes
 from emgroup.data.stack import ParticleStack
+from emgroup.data.volumes import VolumeStack
 from emgroup.errors import InputError
 from emgroup.train.checkpoint import load_run
 from emgroup.train.distributed import Processes
@@ -62,7 +63,10 @@ def command(rundir, particles, outdir, checkpoint, clusters, cluster_method, max
     class_averages.mrcs + classes.star, class_decoded.mrcs, denoised.mrcs + .star, figures/*.png and, when the
     STAR carries ground truth, metrics.json.
 
-    PARTICLES (a RELION .star, .mrcs or cryoSPARC .cs) defaults to the particles the run was trained on.
+    PARTICLES (a RELION .star, .mrcs or cryoSPARC .cs) defaults to the particles the run was trained on. For a
+    volume model (--model masked --group SO3) it is a volumes .star, a folder or one .mrc/.nii[.gz] file, and the
+    outputs are OUTDIR/volumes.star, latents.h5, class_decoded/classNNN.mrc, denoised/NNNNNN.mrc + denoised.star,
+    figures/*.png (volumes drawn as projections along z) and metrics.json.
 
     \b
     Example:
@@ -72,19 +76,18 @@ def command(rundir, particles, outdir, checkpoint, clusters, cluster_method, max
         raise InputError("output folder is a file", outdir)
     torch_device = resolve_device(device, Processes())  # one process: analyze is not distributed
     model, config = load_run(rundir, checkpoint, torch_device)
-    if model.ndim != 2:
-        raise InputError(f"model '{config['model']}' works on volumes; analyze handles particle images", rundir)
     if particles is None:
         particles, root = Path(config["particles"]), root or config.get("root")
-    stack = ParticleStack.open(particles, root=root)
+    volumes = model.ndim == 3
+    stack = (VolumeStack if volumes else ParticleStack).open(particles, root=root)
     if stack.box != config["box"]:
         raise InputError(f"box {stack.box} px does not match the model's {config['box']} px", particles)
     if abs(stack.apix - config["apix"]) > 1e-3 * config["apix"]:
         raise InputError(f"pixel size {stack.apix:g} Å does not match the model's {config['apix']:g} Å", particles)
     options = Options(clusters, cluster_method, max_clusters, batch_size, torch_device, canonical, denoise, seed,
                       progress)
-    summary = analyze(model, stack, outdir, rundir, options)
-    click.echo(f"{summary['particles']} particles in {summary['clusters']} clusters {summary['counts']}; "
-               f"outputs in {outdir}")
+    summary = (analyze_volumes if volumes else analyze)(model, stack, outdir, rundir, options)
+    click.echo(f"{summary['particles']} {'volumes' if volumes else 'particles'} in {summary['clusters']} clusters "
+               f"{summary['counts']}; outputs in {outdir}")
     for name, value in summary["metrics"].items():
         click.echo(f"  {name}: {value:.4g}")
