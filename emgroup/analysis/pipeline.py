@@ -2,8 +2,9 @@
 
 Two streamed passes over the particles (memory bounded by the batch): (1) encode — latents and poses into
 ``latents.h5``, the model's reconstructions into ``denoised.mrcs``; then clustering of the latent means;
-(2) class averages of the particles brought into the canonical frame by their inferred pose. Every output file is
-written atomically. See ``docs/analyze.md`` for the files and their units.
+(2) class averages of the particles brought into the canonical frame by their inferred pose. Volume models
+(:func:`analyze_volumes`) get the first pass and the clustering; their reconstructions are one MRC file per volume.
+Every output file is written atomically. See ``docs/analyze.md`` for the files and their units.
 """
 
 import contextlib
@@ -99,9 +100,7 @@ def analyze(model, stack, outdir, rundir=None, options: Options | None = None) -
     metrics = truth_metrics(stack.meta, encoding, clusters.labels, apix)
     if comparison is not None:
         metrics |= comparison.result()
-    if metrics:
-        with atomic_path(outdir / "metrics.json") as tmp:
-            tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    _write_metrics(outdir, metrics)
     make_figures(model, outdir / "figures", stack, encoding, clusters, averages, decoded_centres, swap, rundir,
                  options.device)
     return {"particles": n, "clusters": clusters.n_clusters, "counts": counts.tolist(), "metrics": metrics}
@@ -138,9 +137,7 @@ def analyze_volumes(model, stack, outdir, rundir=None, options: Options | None =
         write_star(outdir / "denoised.star", table.assign(rlnImageName=[_from_cwd(path) for path in denoised]),
                    stack.optics)
     metrics = truth_metrics(stack.meta, encoding, clusters.labels, apix)
-    if metrics:
-        with atomic_path(outdir / "metrics.json") as tmp:
-            tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    _write_metrics(outdir, metrics)
     make_figures(model, outdir / "figures", stack, encoding, clusters, None, decoded_centres, swap, rundir,
                  options.device)
     return {"particles": n, "clusters": clusters.n_clusters, "counts": clusters.counts.tolist(), "metrics": metrics}
@@ -320,6 +317,13 @@ def _latent_swap(stored, z, clusters: Clusters, count: int = 6) -> np.ndarray:
     rows, order = np.unique(_nearest_particles(z, clusters, count), return_inverse=True)  # h5py reads in order
     z_v, z_i = stored["z_v"][rows][order], stored["z_i"][rows][order]
     return z_v[:, None, :] + z_i[None, :, :]
+
+
+def _write_metrics(outdir: Path, metrics: dict) -> None:
+    """``metrics.json`` when there are metrics (the input carried truth)."""
+    if metrics:
+        with atomic_path(outdir / "metrics.json") as tmp:
+            tmp.write_text(json.dumps(metrics, indent=2) + "\n")
 
 
 def _from_cwd(path) -> str:
