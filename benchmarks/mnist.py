@@ -152,8 +152,8 @@ def main(data, datasets, models, quick, epochs, device, precision, threads, seed
             print(f"done: MNIST({dataset}) {name} ({rows[-1]['train_seconds']:.0f} s training)", flush=True)
     report("mnist", quick, settings, {name: MODELS[name] for name in models}, rows,
            ["dataset", "model", "rotation_relative", "rotation_relative_uniform", "rotation_absolute",
-            "translation_x_relative", "translation_y_relative", "translation_x_absolute", "translation_y_absolute", "clustering_accuracy",
-            "clustering_accuracy_mean_std"], REFERENCE, output)
+            "translation_x_relative", "translation_y_relative", "translation_x_absolute", "translation_y_absolute",
+            "clustering_accuracy", "clustering_accuracy_mean_std"], REFERENCE, output)
 
 if __name__ == "__main__":
     main()
