@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from emgroup.ctf import ctf_rfft
 from emgroup.data.ctf import stack_ctf
 from emgroup.data.preprocess import SPLIT_COLUMN
 from emgroup.data.stack import ParticleStack
@@ -206,8 +207,8 @@ def test_batches_hold_the_requested_particles_and_their_ctf(tiny_particles):
     stack = ParticleStack.open(tiny_particles)
     batch = StackBatches(stack, with_ctf=True)[[7, 2, 200]]
     np.testing.assert_array_equal(batch["images"].numpy(), stack.images([7, 2, 200]))
-    np.testing.assert_array_equal(batch["ctf"].numpy(), stack_ctf(stack, [7, 2, 200]))
-    assert batch["ctf"].shape == (3, 16, 9) and batch["index"].tolist() == [7, 2, 200]
+    assert batch["index"].tolist() == [7, 2, 200] and batch["ctf_parameters"].shape == (3, 9)
+    np.testing.assert_array_equal(ctf_rfft(stack.box, batch["ctf_parameters"]).numpy(), stack_ctf(stack, [7, 2, 200]))
 
 
 @pytest.mark.slow

@@ -30,8 +30,8 @@ def _model_options() -> dict[str, click.Option]:
         defaults: dict[str, list[str]] = {}
         for model, f, _ in fields:
             defaults.setdefault(str(f.default), []).append(model)
-        help_text = field.metadata["help"] + " [default: " + ", ".join(
-            f"{value} ({', '.join(models)})" for value, models in defaults.items()) + "]"
+        help_text = field.metadata["help"] + " [default: " + field.metadata.get("default_help", ", ".join(
+            f"{value} ({', '.join(models)})" for value, models in defaults.items())) + "]"
         flag = "--" + name.replace("_", "-")
         if kind is bool:
             options[name] = click.Option([f"{flag}/--no-{flag[2:]}", name], default=None, help=help_text)
@@ -62,6 +62,9 @@ def _train(particles, rundir, model, resume, force, root, progress, **options):
         trainer = new_run(particles, rundir, model, model_options, settings, root=root, force=force,
                           progress=progress)
     main = trainer.processes.main
+    if main:
+        click.echo("CTF: " + ("each generated image is multiplied by its particle's CTF (rlnDefocusU/V/Angle)"
+                              if trainer.model.uses_ctf else "not modelled"), err=True)
     if main and trainer.settings.precision != "fp32" and trainer.autocast_dtype is None:
         click.echo(f"note: --precision {trainer.settings.precision} applies on CUDA only; "
                    f"training in fp32 on {trainer.device}", err=True)

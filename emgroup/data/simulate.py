@@ -1,7 +1,7 @@
 """Simulated cryo-EM data with known truth: densities from atoms, conformations, RELION-convention projections,
 CTF and noise, and rotated volumes.
 
-Conventions are RELION's (see :mod:`emgroup.data.poses`, :mod:`emgroup.data.ctf`): a particle with Euler angles
+Conventions are RELION's (see :mod:`emgroup.data.poses`, :mod:`emgroup.ctf`): a particle with Euler angles
 (rot, tilt, psi) and origin ``o`` is ``image(x) = sum_z V(A^T (x + o, z))`` with ``A = euler_to_matrix(...)``,
 computed as RELION does (Fourier slice of the 2x padded, gridding-corrected volume with trilinear interpolation).
 """
@@ -15,7 +15,7 @@ import scipy.fft
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from emgroup.data.ctf import ctf_rfft
+from emgroup.ctf import ctf_parameters, ctf_rfft
 from emgroup.data.poses import euler_to_matrix, matrix_to_euler, random_rotations
 from emgroup.errors import InputError
 
@@ -235,8 +235,8 @@ def render_particles(projector: FourierProjector, table: pd.DataFrame, conformat
         if optics is None:
             return spectra, spectra
         rows = table.iloc[select]
-        ctf = ctf_rfft(box, apix, rows["rlnDefocusU"], rows["rlnDefocusV"], rows["rlnDefocusAngle"],
-                       bfactor=rows["rlnCtfBfactor"], **optics)
+        ctf = ctf_rfft(box, ctf_parameters(apix, rows["rlnDefocusU"], rows["rlnDefocusV"], rows["rlnDefocusAngle"],
+                                           bfactor=rows["rlnCtfBfactor"], **optics)).numpy()
         return spectra, spectra * ctf
 
     noise_sigma = 0.0

@@ -13,14 +13,34 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from emgroup.ctf import apply_ctf, ctf_rfft
+
 Batch = dict[str, torch.Tensor]
-"""A training batch: ``images`` (N, D, D) or (N, D, D, D) float32; ``index`` (N,) particle indices; optional
-``ctf`` (N, D, D // 2 + 1), each particle's CTF on the ``torch.fft.rfft2`` grid of its image."""
+"""A training batch: ``images`` (N, D, D) or (N, D, D, D) float32; ``index`` (N,) particle indices; when the model
+uses the CTF, ``ctf_parameters`` (N, 9) float64, each particle's row of :data:`emgroup.ctf.CTF_PARAMETERS`."""
 
 
 def option(default, help: str, **metadata):
-    """A model config field that becomes a `emgroup train` option; ``help`` states units."""
+    """A model config field that becomes a `emgroup train` option; ``help`` states units. Metadata
+    ``default_help`` replaces the listed defaults in the option's help (for a default the data decide)."""
     return dataclasses.field(default=default, metadata={"help": help, **metadata})
+
+
+def ctf_option():
+    """The ``ctf`` field every image model's ``Config`` has (`emgroup train` decides it from the data when not
+    given)."""
+    return option(False, "Multiply each generated image by its particle's CTF (rlnDefocusU/V/Angle, voltage, Cs, "
+                  "amplitude contrast, phase shift, B-factor from the STAR) in Fourier space before the likelihood: "
+                  "the generator draws the particle as it is before the microscope.",
+                  default_help="on when the particles carry defocus (rlnDefocusU/V/Angle), else off")
+
+
+def check_ctf_likelihood(ctf: bool, likelihood: str) -> None:
+    """ValueError for a CTF with a Bernoulli likelihood (the CTF acts on image values, not on logits)."""
+    if ctf and likelihood != "gaussian":
+        raise ValueError("the CTF needs --likelihood gaussian (pass --no-ctf for images in [0, 1] such as MNIST)")
+
+
 
 
 class Model(nn.Module):
@@ -53,6 +73,16 @@ class Model(nn.Module):
         names = {f.name for f in dataclasses.fields(cls.Config)}
         config = cls.Config(**{k: v for k, v in options.items() if k in names and v is not None})
         return cls(config, box)
+
+    @property
+    def uses_ctf(self) -> bool:
+        """Whether :meth:`loss` needs the batch's ``ctf`` (the ``ctf`` option every model's ``Config`` has)."""
+        return self.config.ctf
+
+    def observed(self, images: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Generated images (N, D, D) as the microscope records them: times each particle's CTF in Fourier space
+        when the model uses the CTF, else unchanged."""
+        return apply_ctf(images, ctf_rfft(self.box, batch["ctf_parameters"])) if self.uses_ctf else images
 
     def on_epoch_start(self, epoch: int) -> None:
         """Hook for schedules that depend on the epoch (e.g. spatial-VAE's frozen z). Epochs count from 0."""

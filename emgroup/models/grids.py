@@ -58,3 +58,4 @@ def resample_images(images: torch.Tensor, theta=None, shift_px=None, mode: str =
     out = torch.nn.functional.grid_sample(images[:, None], coords.reshape(n, box, box, 2), mode=mode,
                                           padding_mode="zeros", align_corners=False)
     return out[:, 0]
+

@@ -34,7 +34,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from emgroup.models.base import Model, option
+from emgroup.ctf import apply_ctf, ctf_rfft, rotate_ctf_parameters
+from emgroup.models.base import Model, ctf_option, option
 from emgroup.models.grids import resample_images, rotation_matrix
 from emgroup.models.so3 import ball_mask, random_rotations, rotate_volumes
 
@@ -65,6 +66,11 @@ class MaskedConfig:
     transform_weight: float = option(1.0, "Weight of predicting T_g x from Phi_g(E(x)) (mean square per pixel).")
     inv_weight: float = option(1.0, "Weight of L_inv: z_i(x) matches z_i(T_g x) (0: ablate).")
     const_weight: float = option(1.0, "Weight of L_const: g.z_v(x) matches z_v(T_g x) (0: ablate).")
+    ctf: bool = ctf_option()
+
+    def __post_init__(self):
+        if self.ctf and self.group == "SO3":
+            raise ValueError("volumes carry no CTF: --group SO3 takes --no-ctf")
 
 
 def _stack(conv, channels: list[int], last_activation: bool) -> nn.Sequential:
@@ -198,8 +204,12 @@ class MaskedGroupAction(Model):
         # between its cost as variant and as invariant
         inv = _channel_mean((z - gz).square())
         const = _channel_mean((self._act(z, g) - gz).square())
-        terms = {"recon": F.mse_loss(self._decode(z), x),
-                 "transform": F.mse_loss(self._decode(acted + z_i), gx),
+        decoded, decoded_g = self._decode(z), self._decode(acted + z_i)
+        if self.uses_ctf:  # D draws the particle before the microscope; T_g x carries the CTF turned with it
+            turned = rotate_ctf_parameters(batch["ctf_parameters"], g)
+            decoded = self.observed(decoded, batch) * self.support
+            decoded_g = apply_ctf(decoded_g, ctf_rfft(self.box, turned)) * self.support
+        terms = {"recon": F.mse_loss(decoded, x), "transform": F.mse_loss(decoded_g, gx),
                  "inv": ((1 - m) * inv).mean(), "const": (m * const).mean()}
         c = self.config
         total = (c.recon_weight * terms["recon"] + c.transform_weight * terms["transform"]

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from emgroup.models.base import option
+from emgroup.models.base import check_ctf_likelihood, ctf_option, option
 
 
 @dataclass
@@ -18,6 +18,10 @@ class MLPConfig:
     likelihood: str = option("gaussian", "Pixel likelihood: 'gaussian' (normalized cryo-EM images; one learned "
                              "noise sigma, in image units) or 'bernoulli' (images in [0, 1], e.g. MNIST).",
                              choices=("gaussian", "bernoulli"))
+    ctf: bool = ctf_option()
+
+    def __post_init__(self):
+        check_ctf_likelihood(self.ctf, self.likelihood)
 
 
 def mlp(n_in: int, hidden: int, layers: int, n_out: int, activation=nn.Tanh) -> nn.Sequential:

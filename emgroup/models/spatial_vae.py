@@ -110,7 +110,8 @@ class SpatialVAE(Model):
             mu, logstd = post["shift"]
             shift = sample_gaussian(mu, logstd)
             kl["kl_shift"] = losses.gaussian_kl(mu, logstd, 0.0, self.config.shift_sigma).sum(1)
-        recon = losses.image_nll(self.config.likelihood, self._render(z, theta, shift), images, self.log_sigma)
+        recon = losses.image_nll(self.config.likelihood, self.observed(self._render(z, theta, shift), batch), images,
+                                 self.log_sigma)
         terms = {"recon": recon.mean(), "kl": sum(kl.values()).mean(), **{k: v.mean() for k, v in kl.items()}}
         return {"loss": terms["recon"] + terms["kl"], **terms}
 

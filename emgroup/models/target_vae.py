@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from emgroup.models import losses
-from emgroup.models.base import Model, option
+from emgroup.models.base import Model, check_ctf_likelihood, ctf_option, option
 from emgroup.models.generator import CoordinateGenerator
 from emgroup.models.grids import coordinate_grid, pixel_size, rotation_matrix, transform_grid, wrap_angle
 from emgroup.models.groupconv import GroupConv1x1, LiftingConv
@@ -63,8 +63,10 @@ class TargetVAEConfig:
                             "paper, whose translations are on the pixel grid).")
     temperature: float = option(1.0, "Temperature of the Gumbel-softmax sample of (translation, rotation) in "
                                 "training.")
-    ctf: bool = option(False, "Apply each particle's CTF (from its STAR columns) to the generated image in "
-                       "Fourier space before the likelihood.")
+    ctf: bool = ctf_option()
+
+    def __post_init__(self):
+        check_ctf_likelihood(self.ctf, self.likelihood)
 
 
 def rotation_log_prior(spec: str, angles: torch.Tensor) -> torch.Tensor:
@@ -100,7 +102,6 @@ class TargetVAE(Model):
         self.generator = CoordinateGenerator(k, config.hidden, config.generator_layers, "leaky_relu",
                                              config.fourier_features, pixel_size(box))
         self.log_sigma = noise_log_sigma(config.likelihood)
-        self.needs_ctf = config.ctf
         angles = torch.arange(r) * (2 * math.pi / r)
         # object position (px from the image centre D // 2) of each translation cell: the kernel's array centre
         axis = torch.arange(cells) - padding + (kernel - 1) / 2 - box // 2
@@ -164,9 +165,7 @@ class TargetVAE(Model):
         mu, logstd = chosen["position"]
         position = mu if logstd is None else sample_gaussian(mu, logstd[:, None].expand_as(mu))
         output = self._render(z, theta, -(rotation_matrix(theta) @ position[..., None])[..., 0])
-        if self.needs_ctf:
-            output = torch.fft.irfft2(torch.fft.rfft2(output) * batch["ctf"], s=output.shape[-2:])
-        recon = losses.image_nll(self.config.likelihood, output, images, self.log_sigma)
+        recon = losses.image_nll(self.config.likelihood, self.observed(output, batch), images, self.log_sigma)
         kl = self.kl(post)
         terms = {"recon": recon.mean(), "kl": sum(kl.values()).mean(), **{k: v.mean() for k, v in kl.items()}}
         return {"loss": terms["recon"] + terms["kl"], **terms}

@@ -33,7 +33,7 @@ class VAE(Model):
         images = batch["images"]
         mu, logstd = self.encoder(images.flatten(1)).chunk(2, dim=1)
         output = self.decoder(sample_gaussian(mu, logstd)).view_as(images)
-        recon = losses.image_nll(self.config.likelihood, output, images, self.log_sigma).mean()
+        recon = losses.image_nll(self.config.likelihood, self.observed(output, batch), images, self.log_sigma).mean()
         kl = losses.gaussian_kl(mu, logstd).sum(1).mean()
         return {"loss": recon + self.config.beta * kl, "recon": recon, "kl": kl}
 

@@ -4,7 +4,7 @@ memory-mapped files (only the particles of one batch are ever read)."""
 import numpy as np
 import torch
 
-from emgroup.data.ctf import stack_ctf
+from emgroup.data.ctf import stack_ctf_parameters
 from emgroup.data.preprocess import SPLIT_COLUMN, split_labels
 from emgroup.data.stack import ParticleStack
 from emgroup.data.volumes import VolumeStack
@@ -50,8 +50,9 @@ def split_indices(stack, val_fraction: float | None, seed: int) -> tuple[np.ndar
 class StackBatches(torch.utils.data.Dataset):
     """Map-style dataset whose items are whole batches: ``dataset[indices]`` reads those particles in one go.
 
-    Returns ``{"images": (n, D, D) or (n, D, D, D) float32, "index": (n,) int64}`` plus ``"ctf"``
-    (n, D, D // 2 + 1) when ``with_ctf``. Used with :class:`EpochBatches` and ``batch_size=None``.
+    Returns ``{"images": (n, D, D) or (n, D, D, D) float32, "index": (n,) int64}`` plus ``"ctf_parameters"``
+    (n, 9) float64 (:data:`emgroup.ctf.CTF_PARAMETERS`) when ``with_ctf``: a model computes the CTFs from them on
+    its device. Used with :class:`EpochBatches` and ``batch_size=None``.
     """
 
     def __init__(self, stack, with_ctf: bool = False):
@@ -64,8 +65,9 @@ class StackBatches(torch.utils.data.Dataset):
         indices = np.asarray(indices, dtype=np.int64)
         batch = {"images": torch.from_numpy(self.stack.images(indices)), "index": torch.from_numpy(indices)}
         if self.with_ctf:
-            batch["ctf"] = torch.from_numpy(stack_ctf(self.stack, indices))
+            batch["ctf_parameters"] = torch.from_numpy(stack_ctf_parameters(self.stack, indices))
         return batch
+
 
 
 class EpochBatches(torch.utils.data.Sampler):

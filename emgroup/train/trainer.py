@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from emgroup import __version__
+from emgroup.data.ctf import DEFOCUS_LABELS, has_ctf
 from emgroup.errors import InputError
 from emgroup.io.atomic import atomic_path
 from emgroup.models.registry import available, model_class
@@ -119,7 +120,7 @@ class Trainer:
         self.autocast_dtype = autocast_dtype(settings.precision, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
         loader = dict(stack=stack, batch_size=settings.batch_size, seed=settings.seed,
-                      with_ctf=getattr(self.model, "needs_ctf", False), num_workers=settings.num_workers,
+                      with_ctf=self.model.uses_ctf, num_workers=settings.num_workers,
                       pin_memory=self.device.type == "cuda", rank=self.processes.rank, world_size=world)
         self.train_sampler, self.train_loader = batch_loader(indices=train_idx, shuffle=True, **loader)
         self.val_sampler, self.val_loader = batch_loader(indices=val_idx, shuffle=False, **loader)
@@ -291,6 +292,7 @@ def new_run(particles, rundir, model: str, model_options: dict, settings: TrainS
         raise InputError(f"{', '.join(map(_flag, foreign))}: not an option of --model {model}")
     options = {**{k: v for k, v in model_options.items() if v is not None}, **dataclasses.asdict(settings)}
     stack = open_particles(particles, cls.data_ndim(options), root)
+    options["ctf"] = _resolve_ctf(options.get("ctf"), stack, particles)
     config = {"model": model, "options": options, "box": stack.box, "apix": stack.apix,
               "particles": str(Path(particles).resolve()), "root": None if root is None else str(root),
               "world_size": distributed.from_environment().world_size, "version": __version__}
@@ -339,6 +341,16 @@ def resume_run(rundir, changes: dict | None = None, *, particles=None, model: st
         trainer.write_metrics()  # drops rows of an epoch whose checkpoint never completed
     distributed.barrier()
     return trainer
+
+
+def _resolve_ctf(ctf: bool | None, stack, particles) -> bool:
+    """The ``ctf`` model option: as given, or (None) on exactly when the particles carry defocus; InputError for
+    --ctf on particles without defocus."""
+    with_defocus = has_ctf(stack.meta)
+    if ctf and not with_defocus:
+        raise InputError(f"--ctf: the particles carry no defocus ({'/'.join(DEFOCUS_LABELS)}); pass --no-ctf",
+                         particles)
+    return with_defocus if ctf is None else ctf
 
 
 def _flag(name: str) -> str:
