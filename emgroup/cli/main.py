@@ -5,11 +5,12 @@ import importlib.util
 import os
 import platform
 import sys
+import warnings
 
 import click
 
 from emgroup import __version__
-from emgroup.errors import InputError
+from emgroup.errors import InputError, InputWarning
 
 #: subcommand name -> module in emgroup.cli that defines a click command named ``command``
 SUBCOMMANDS = {
@@ -36,11 +37,30 @@ class LazyGroup(click.Group):
         return importlib.import_module(f"emgroup.cli.{SUBCOMMANDS[name]}").command
 
     def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except InputError as err:
-            click.echo(f"emgroup: error: {err}", err=True)
-            sys.exit(2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", InputWarning)  # shown once each by _one_line_input_warnings
+            warnings.showwarning = _one_line_input_warnings(warnings.showwarning)
+            try:
+                return super().invoke(ctx)
+            except InputError as err:
+                click.echo(f"emgroup: error: {err}", err=True)
+                sys.exit(2)
+
+
+def _one_line_input_warnings(show_other):
+    """A ``warnings.showwarning`` that prints an :class:`InputWarning` as one line on stderr, once per file and
+    problem, and other warnings with ``show_other``."""
+    shown = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, InputWarning):
+            key = (message.path and os.path.realpath(message.path), message.problem)
+            if key not in shown:
+                shown.add(key)
+                click.echo(f"emgroup: warning: {message}", err=True)
+        else:
+            show_other(message, category, filename, lineno, file, line)
+    return show
 
 
 def _module_exists(module: str) -> bool:
