@@ -7,6 +7,7 @@ import time
 
 import pandas as pd
 import pytest
+import torch
 
 from emgroup.train.checkpoint import load_checkpoint
 
@@ -20,7 +21,17 @@ def _losses(run) -> pd.DataFrame:
 
 
 @pytest.fixture
-def uninterrupted(run_emgroup, tiny_particles, tmp_path):
+def one_thread():
+    """Torch on one thread here, as in the killed subprocess (OMP_NUM_THREADS=1): sums over another number of
+    threads round differently, and the comparisons are exact."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def uninterrupted(run_emgroup, tiny_particles, tmp_path, one_thread):
     """Metrics of a 5-epoch run never stopped."""
     result = run_emgroup("train", tiny_particles, "-o", tmp_path / "whole", "--epochs", 5, *OPTIONS)
     assert result.exit_code == 0, result.output
