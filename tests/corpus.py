@@ -5,6 +5,8 @@ from pathlib import Path
 
 import mrcfile
 import numpy as np
+import pandas as pd
+import starfile
 
 #: byte offsets in an MRC header: the ID string 'MAP ' and the machine stamp
 MAP_ID, MACHINE_STAMP = 208, 212
@@ -34,9 +36,49 @@ def mrc_without_id(path, data: np.ndarray, apix: float = 1.0) -> Path:
 def mrc_file(path, data: np.ndarray, apix: float = 1.0, volume: bool = False) -> Path:
     """``data`` written by mrcfile as it is (any dtype mrcfile takes), as an image stack or a volume (space group 1)."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with mrcfile.new(path, overwrite=True) as mrc:
         mrc.set_data(data)
         if data.ndim == 3:
             mrc.set_volume() if volume else mrc.set_image_stack()
         mrc.voxel_size = apix
     return path
+
+
+def optics(apix: float = 1.5, box: int = 16, groups: int = 1, **columns) -> pd.DataFrame:
+    """A RELION 3.1 optics table of ``groups`` groups at ``apix`` Å and ``box`` px; ``columns`` replace values
+    (scalars or one per group)."""
+    table = pd.DataFrame({"rlnOpticsGroup": np.arange(1, groups + 1),
+                          "rlnOpticsGroupName": [f"opticsGroup{g}" for g in range(1, groups + 1)],
+                          "rlnImagePixelSize": apix, "rlnImageSize": box, "rlnImageDimensionality": 2,
+                          "rlnVoltage": 300.0, "rlnSphericalAberration": 2.7, "rlnAmplitudeContrast": 0.1})
+    return table.assign(**columns)
+
+
+def particles(stack: str, n: int, **columns) -> pd.DataFrame:
+    """A particles table of the ``n`` images of ``stack`` (path as written in the STAR) with defocus values, optics
+    group 1, and ``columns`` (scalars or one per particle)."""
+    rng = np.random.default_rng(n)
+    table = pd.DataFrame({"rlnImageName": [f"{i + 1:06d}@{stack}" for i in range(n)],
+                          "rlnDefocusU": rng.uniform(1e4, 2e4, n), "rlnDefocusV": rng.uniform(1e4, 2e4, n),
+                          "rlnDefocusAngle": rng.uniform(-90, 90, n), "rlnOpticsGroup": 1})
+    return table.assign(**columns)
+
+
+def star_file(path, particles: pd.DataFrame, optics: pd.DataFrame | None = None) -> Path:
+    """``particles`` (and ``optics``: RELION 3.1; None: a RELION 3.0 file with one table) written by starfile as
+    they are, unchecked, so hostile values reach the reader."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blocks = {"particles": particles} if optics is None else {"optics": optics, "particles": particles}
+    starfile.write(blocks if optics is not None else particles, path, overwrite=True)
+    return path
+
+
+def stack_and_star(folder, n: int = 6, box: int = 16, apix: float = 1.5, optics_columns=None, **columns) -> Path:
+    """``folder/stack.mrcs`` (``n`` :func:`images`) and ``folder/particles.star`` (RELION 3.1, paths relative to the
+    working directory) with ``columns`` added to the particles and ``optics_columns`` to the optics; the STAR path."""
+    folder = Path(folder)
+    mrc_file(folder / "stack.mrcs", images(n, box), apix)
+    table = particles(str(folder / "stack.mrcs"), n, **columns)
+    return star_file(folder / "particles.star", table, optics(apix, box, **(optics_columns or {})))

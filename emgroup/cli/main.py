@@ -1,4 +1,4 @@
-"""The `emgroup` command group and its error handling (bad input: one line, exit status 2)."""
+"""The `emgroup` command group and its error handling (bad input and usage errors: one line, exit status 2)."""
 
 import importlib
 import importlib.util
@@ -11,6 +11,7 @@ import click
 
 from emgroup import __version__
 from emgroup.errors import InputError, InputWarning
+from emgroup.signals import sigterm_interrupts
 
 #: subcommand name -> module in emgroup.cli that defines a click command named ``command``
 SUBCOMMANDS = {
@@ -36,15 +37,31 @@ class LazyGroup(click.Group):
             return None
         return importlib.import_module(f"emgroup.cli.{SUBCOMMANDS[name]}").command
 
-    def invoke(self, ctx):
-        with warnings.catch_warnings():
-            warnings.simplefilter("always", InputWarning)  # shown once each by _one_line_input_warnings
-            warnings.showwarning = _one_line_input_warnings(warnings.showwarning)
-            try:
-                return super().invoke(ctx)
-            except InputError as err:
-                click.echo(f"emgroup: error: {err}", err=True)
-                sys.exit(2)
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """Run the command line with SIGTERM acting as Ctrl-C, each distinct :class:`InputWarning` shown as one line,
+        and every error as one line on stderr, ``emgroup: error: ...``: bad input and click's own usage errors
+        (exit status 2; click's form takes three lines), an interruption (exit status 130)."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            with sigterm_interrupts(), warnings.catch_warnings():
+                warnings.simplefilter("always", InputWarning)  # shown once each by _one_line_input_warnings
+                warnings.showwarning = _one_line_input_warnings(warnings.showwarning)
+                code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except InputError as err:
+            _fail(str(err), 2)
+        except click.ClickException as err:
+            ctx = getattr(err, "ctx", None)
+            hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            _fail(" ".join(err.format_message().split()) + hint, 2)
+        except (click.Abort, KeyboardInterrupt):
+            _fail("interrupted", 130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, status: int):
+    click.echo(f"emgroup: error: {message}", err=True)
+    sys.exit(status)
 
 
 def _one_line_input_warnings(show_other):
@@ -67,7 +84,7 @@ def _module_exists(module: str) -> bool:
     return importlib.util.find_spec(f"emgroup.cli.{module}") is not None
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group("emgroup", cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="emgroup")
 def cli():
     """Learn pose-disentangled representations of cryo-EM particles and hand them back to RELION/cryoSPARC.

@@ -10,7 +10,7 @@ import numpy as np
 import scipy.fft as sfft
 from tqdm import tqdm
 
-from emgroup.data.stack import ParticleStack, write_particles
+from emgroup.data.stack import ParticleStack, require_finite, write_particles
 from emgroup.errors import InputError
 
 #: STAR column holding the seeded train/validation split (values ``train`` and ``val``)
@@ -91,21 +91,14 @@ def preprocess_stack(stack: ParticleStack, out_star, *, downsample: int | None =
     def processed():
         with tqdm(total=len(stack), unit="particle", desc="preprocess", disable=not progress) as bar:
             for indices, images in stack.iter_chunks(chunk_size):
-                _require_finite(images, indices, stack, "NaN or Inf pixels")
+                require_finite(stack, indices, images)
                 images = fourier_crop(images, new_box) if new_box != stack.box else images
                 images = invert(images) if invert_contrast else images
                 if normalize_background:
                     images = normalize(images)
-                    _require_finite(images, indices, stack, "a constant background (use --no-normalize)")
+                    require_finite(stack, indices, images, "has a constant background (use --no-normalize)")
                 bar.update(len(indices))
                 yield images
 
     return write_particles(out_star, processed(), meta, stack.optics, stack.apix * stack.box / new_box, out_mrcs)
 
-
-def _require_finite(images, indices, stack, problem):
-    bad = ~np.isfinite(images).all(axis=(1, 2))
-    if bad.any():
-        first = int(indices[np.argmax(bad)])
-        name = stack.meta["rlnImageName"].iloc[first] if "rlnImageName" in stack.meta else "from the coordinates"
-        raise InputError(f"particle {first + 1} ({name}) has {problem}", stack.path)

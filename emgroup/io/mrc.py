@@ -10,6 +10,7 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 from mrcfile import utils as mrc_utils
+from mrcfile.mrcinterpreter import MrcInterpreter
 
 from emgroup.errors import InputError, InputWarning
 from emgroup.io.atomic import atomic_path
@@ -65,8 +66,8 @@ def _read(path) -> tuple[np.ndarray, float | None, np.recarray]:
                              else f"not a readable MRC file ({err})", path) from None
         data, voxel_size, header = _mmap(path, permissive=True)
         if data is None or path.stat().st_size != _stated_size(header):
-            raise InputError("not an MRC file (no ID string 'MAP ' and the header's sizes do not match the file)",
-                             path) from None
+            raise InputError("not a readable MRC file (no ID string 'MAP ' and the header's sizes do not match the "
+                             "file)", path) from None
         warnings.warn(InputWarning(f"no MRC ID string 'MAP ' in the header; read as {_described(data)} (the "
                                    "header's sizes match the file)", path))
     except OSError as err:
@@ -100,9 +101,10 @@ def _described(data: np.ndarray) -> str:
 class StackWriter:
     """Stream ``n`` images of ``box`` x ``box`` pixels into an MRCS stack without holding it in memory.
 
-    ``with StackWriter(path, n, box, apix) as out: out.write(chunk)`` appends float32 chunks ``(m, D, D)``;
-    on a clean exit the header gets the statistics (min, max, mean, rms over all images, accumulated chunk by
-    chunk) and the pixel size ``apix`` (Å), and the file is renamed into place. On error nothing is left behind.
+    ``with StackWriter(path, n, box, apix) as out: out.write(chunk)`` appends float32 chunks ``(m, D, D)`` with
+    ordinary file writes (a full disk is an error of the write, never a SIGBUS of a memory map); on a clean exit the
+    header gets the statistics (min, max, mean, rms over all images, accumulated chunk by chunk) and the pixel size
+    ``apix`` (Å), and the file is renamed into place. On error nothing is left behind.
     """
 
     def __init__(self, path, n: int, box: int, apix: float):
@@ -114,21 +116,20 @@ class StackWriter:
         self._files = contextlib.ExitStack()
         with self._files:
             tmp = self._files.enter_context(atomic_path(self.path))
-            self._mrc = self._files.enter_context(
-                mrcfile.new_mmap(tmp, shape=(self.n, self.box, self.box), mrc_mode=2, overwrite=True))
-            self._mrc.set_image_stack()
+            self._file = self._files.enter_context(open(tmp, "wb"))
+            self._file.write(_stack_header(self.n, self.box, self.apix))  # statistics follow at the end
             self._files = self._files.pop_all()
         return self
 
     def write(self, chunk: np.ndarray) -> None:
         """Append images ``(m, D, D)`` (cast to float32)."""
-        chunk = np.asarray(chunk, dtype=np.float32)
+        chunk = np.ascontiguousarray(chunk, dtype=np.float32)
         end = self.written + len(chunk)
         if chunk.shape[1:] != (self.box, self.box) or end > self.n:
             raise ValueError(f"chunk {chunk.shape} does not fit a stack of {self.n} x {self.box}^2 at {self.written}")
         if not len(chunk):
             return
-        self._mrc.data[self.written:end] = chunk
+        self._file.write(chunk.data)
         wide = chunk.astype(np.float64)
         self._min, self._max = min(self._min, wide.min()), max(self._max, wide.max())
         self._sum, self._squares = self._sum + wide.sum(), self._squares + np.square(wide).sum()
@@ -142,11 +143,23 @@ class StackWriter:
                 raise ValueError(f"{self.path}: {self.written} of {self.n} images written")
             count = self.n * self.box * self.box
             mean = self._sum / count
-            header = self._mrc.header
-            header.dmin, header.dmax, header.dmean = self._min, self._max, mean
-            header.rms = np.sqrt(max(self._squares / count - mean**2, 0.0))
-            self._mrc.voxel_size = self.apix
+            rms = np.sqrt(max(self._squares / count - mean**2, 0.0))
+            self._file.seek(0)
+            self._file.write(_stack_header(self.n, self.box, self.apix, (self._min, self._max, mean, rms)))
         return False
+
+
+def _stack_header(n: int, box: int, apix: float, statistics=(0.0, 0.0, 0.0, 0.0)) -> np.recarray:
+    """The MRC header mrcfile writes for a float32 stack of ``n`` images of ``box`` px (space group 0) with pixel
+    size ``apix`` (Å) and ``statistics`` (min, max, mean, rms)."""
+    mrc = MrcInterpreter()
+    mrc._create_default_attributes()  # mrcfile's documented start of a header with no stream to read
+    mrc.set_data(np.zeros((1, box, box), np.float32))
+    mrc.set_image_stack()
+    mrc.header.nz = n
+    mrc.voxel_size = apix
+    mrc.header.dmin, mrc.header.dmax, mrc.header.dmean, mrc.header.rms = statistics
+    return mrc.header
 
 
 def write_stack(path, images: np.ndarray, apix: float) -> None:
