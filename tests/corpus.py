@@ -82,3 +82,45 @@ def stack_and_star(folder, n: int = 6, box: int = 16, apix: float = 1.5, optics_
     mrc_file(folder / "stack.mrcs", images(n, box), apix)
     table = particles(str(folder / "stack.mrcs"), n, **columns)
     return star_file(folder / "particles.star", table, optics(apix, box, **(optics_columns or {})))
+
+
+#: the fields of a cryoSPARC v4 particles file after a 2-D classification (as cryoSPARC writes them: fixed-width
+#: bytes for text) and the alignment fields of a 3-D refinement
+CRYOSPARC_FIELDS = [
+    ("uid", "<u8"), ("blob/path", "S64"), ("blob/idx", "<u4"), ("blob/shape", "<u4", (2,)), ("blob/psize_A", "<f4"),
+    ("blob/sign", "<f4"), ("blob/import_sig", "<u8"), ("ctf/type", "S9"), ("ctf/exp_group_id", "<u4"),
+    ("ctf/accel_kv", "<f4"), ("ctf/cs_mm", "<f4"), ("ctf/amp_contrast", "<f4"), ("ctf/df1_A", "<f4"),
+    ("ctf/df2_A", "<f4"), ("ctf/df_angle_rad", "<f4"), ("ctf/phase_shift_rad", "<f4"), ("ctf/scale", "<f4"),
+    ("ctf/scale_const", "<f4"), ("ctf/shift_A", "<f4", (2,)), ("ctf/tilt_A", "<f4", (2,)),
+    ("ctf/trefoil_A", "<f4", (2,)), ("ctf/tetra_A", "<f4", (4,)), ("ctf/anisomag", "<f4", (4,)), ("ctf/bfactor", "<f4")]
+ALIGNMENT_FIELDS = [("split", "<u4"), ("shift", "<f4", (2,)), ("psize_A", "<f4"), ("error", "<f4"),
+                    ("error_min", "<f4"), ("resid_pow", "<f4"), ("slice_pow", "<f4"), ("image_pow", "<f4"),
+                    ("cross_cor", "<f4"), ("alpha", "<f4"), ("weight", "<f4"), ("pose_ess", "<f4"),
+                    ("shift_ess", "<f4"), ("class_posterior", "<f4"), ("class", "<u4"), ("class_ess", "<f4")]
+
+
+def cryosparc_particles(path, stack: str, n: int, box: int, apix: float, alignments: str = "3D") -> np.ndarray:
+    """A cryoSPARC particles ``.cs`` file of the ``n`` images of ``stack`` (written as ``>stack``, cryoSPARC's
+    project-relative form) with the full field set and ``alignments3D/*`` (pose: rotation vectors) or
+    ``alignments2D/*``; every field holds distinct values. Written with numpy as cryoSPARC does; the records."""
+    rng = np.random.default_rng(7)
+    pose = ("pose", "<f4", (3,)) if alignments == "3D" else ("pose", "<f4")
+    fields = CRYOSPARC_FIELDS + [(f"alignments{alignments}/{f[0]}", *f[1:]) for f in ALIGNMENT_FIELDS + [pose]]
+    records = np.zeros(n, dtype=fields)
+    for name in records.dtype.names:
+        kind = records.dtype[name].base.kind
+        if kind == "f":
+            records[name] = rng.uniform(0.1, 0.9, records[name].shape)
+        elif kind == "u":
+            records[name] = rng.integers(0, 2**31, records[name].shape)
+    records["uid"] = rng.integers(2**62, 2**64 - 1, n, dtype=np.uint64)
+    records["blob/path"], records["blob/idx"] = f">{stack}".encode(), np.arange(n)
+    records["blob/shape"], records["blob/psize_A"], records["ctf/type"] = box, apix, b"ctffind4"
+    records["ctf/accel_kv"], records["ctf/cs_mm"], records["ctf/amp_contrast"] = 300.0, 2.7, 0.07
+    records["ctf/df1_A"], records["ctf/df2_A"] = rng.uniform(1e4, 2e4, n), rng.uniform(1e4, 2e4, n)
+    records[f"alignments{alignments}/class"] = rng.integers(0, 4, n)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as file:
+        np.save(file, records)
+    return records

@@ -64,6 +64,12 @@ def command(rundir, particles, outdir, checkpoint, clusters, cluster_method, max
     class_averages.mrcs + classes.star, class_decoded.mrcs, denoised.mrcs + .star, figures/*.png and, when the
     STAR carries ground truth, metrics.json.
 
+    Poses: particles.star carries emgroup's pose in the RELION labels (rlnAnglePsi, rlnOriginXAngst/YAngst; SO(3)
+    models also rlnAngleRot/Tilt) and its cluster in rlnClassNumber; the pose and class the particles came with
+    (e.g. a 3-D refinement's rlnAngleRot/Tilt/Psi) are kept as rlnEmgroupInputAngleRot, rlnEmgroupInputAngleTilt,
+    rlnEmgroupInputAnglePsi, rlnEmgroupInputOriginXAngst/YAngst, rlnEmgroupInputClassNumber. A .cs input's
+    particles.cs keeps every input field and uid.
+
     PARTICLES (a RELION .star, .mrcs or cryoSPARC .cs) defaults to the particles the run was trained on. For a
     volume model (--model masked --group SO3) it is a volumes .star, a folder or one .mrc/.nii[.gz] file, and the
     outputs are OUTDIR/volumes.star, latents.h5, class_decoded/classNNN.mrc, denoised/NNNNNN.mrc + denoised.star,

@@ -85,14 +85,16 @@ class ParticleStack:
     pixel size in Å, ``box`` the image side in pixels, ``path`` the file it was opened from. ``edge_skipped``
     counts Topaz coordinates dropped because their box crossed the micrograph edge (0 for other inputs).
     ``meta["rlnImageName"]`` (STAR/MRCS/cs input) names each image by its resolved path relative to the
-    working directory, as RELION run from there finds it.
+    working directory, as RELION run from there finds it. ``records`` holds a ``.cs`` input's cryoSPARC records
+    as they were read (one per row of ``meta``; None for other inputs), so that what is written back keeps them.
     """
 
     def __init__(self, meta: pd.DataFrame, optics: pd.DataFrame, apix: float, reader: _FileImages,
-                 rows: np.ndarray | None = None, edge_skipped: int = 0, path: Path | None = None):
+                 rows: np.ndarray | None = None, edge_skipped: int = 0, path: Path | None = None,
+                 records: np.ndarray | None = None):
         self.meta, self.optics, self.apix, self._reader = meta, optics, float(apix), reader
         self._rows = np.arange(len(meta)) if rows is None else rows
-        self.edge_skipped, self.path = edge_skipped, path
+        self.edge_skipped, self.path, self.records = edge_skipped, path, records
 
     # --- constructors -------------------------------------------------------------------------------------
 
@@ -106,13 +108,13 @@ class ParticleStack:
         (they keep their value in pixels); particles in optics groups at several pixel sizes are refused either way.
         """
         path = Path(path)
-        suffix = path.suffix.lower()
+        suffix, records = path.suffix.lower(), None
         if not path.is_file():
             raise InputError("no such file", path)
         if suffix == ".star":
             meta, optics = read_star(path)
         elif suffix == ".cs":
-            meta, optics = read_cs(path)
+            meta, optics, records = read_cs(path)
         elif suffix in (".mrcs", ".mrc"):
             images = open_stack(path)
             meta = pd.DataFrame({"rlnImageName": format_image_name(np.arange(len(images)), _relative_to_cwd(path)),
@@ -120,10 +122,10 @@ class ParticleStack:
             optics = optics_table(read_voxel_size(path) or np.nan, images.shape[-1])
         else:
             raise InputError("unknown input type (expected .star, .mrcs, .mrc or .cs)", path)
-        return cls._from_table(path, meta, optics, root, apix)
+        return cls._from_table(path, meta, optics, root, apix, records)
 
     @classmethod
-    def _from_table(cls, table_path: Path, meta, optics, root, apix) -> "ParticleStack":
+    def _from_table(cls, table_path: Path, meta, optics, root, apix, records=None) -> "ParticleStack":
         """Resolve and check every ``rlnImageName`` of ``meta`` (read from ``table_path``) and build the stack."""
         if "rlnImageName" not in meta:
             raise InputError("no rlnImageName column (not a particles file)", table_path)
@@ -163,7 +165,7 @@ class ParticleStack:
             meta = _rescaled_origins(meta, apix / stated)
         from_cwd = np.array([_relative_to_cwd(f) for f in files])
         meta = meta.assign(rlnImageName=format_image_name(index, from_cwd[file_id]))
-        return cls(meta, _set_image(optics, apix, box), apix, reader, path=table_path)
+        return cls(meta, _set_image(optics, apix, box), apix, reader, path=table_path, records=records)
 
     @classmethod
     def from_topaz(cls, coords, micrographs_dir, box: int, apix: float | None = None) -> "ParticleStack":
@@ -222,8 +224,10 @@ class ParticleStack:
     def subset(self, indices) -> "ParticleStack":
         """The particles at ``indices`` (same forms as :meth:`images`) as a new stack; no image is read."""
         rows = np.atleast_1d(self._rows[indices])
-        meta = self.meta.iloc[np.atleast_1d(np.arange(len(self))[indices])].reset_index(drop=True)
-        return ParticleStack(meta, self.optics, self.apix, self._reader, rows, self.edge_skipped, self.path)
+        positions = np.atleast_1d(np.arange(len(self))[indices])
+        records = None if self.records is None else self.records[positions]
+        return ParticleStack(self.meta.iloc[positions].reset_index(drop=True), self.optics, self.apix, self._reader,
+                             rows, self.edge_skipped, self.path, records)
 
     def iter_chunks(self, size: int):
         """Yield ``(indices, images)`` over the stack in order, ``size`` particles at a time."""

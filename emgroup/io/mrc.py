@@ -143,7 +143,8 @@ class StackWriter:
                 raise ValueError(f"{self.path}: {self.written} of {self.n} images written")
             count = self.n * self.box * self.box
             mean = self._sum / count
-            rms = np.sqrt(max(self._squares / count - mean**2, 0.0))
+            with np.errstate(invalid="ignore"):  # Inf pixels: NaN statistics, as mrcfile gives them
+                rms = np.sqrt(max(self._squares / count - mean**2, 0.0))
             self._file.seek(0)
             self._file.write(_stack_header(self.n, self.box, self.apix, (self._min, self._max, mean, rms)))
         return False
