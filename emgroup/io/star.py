@@ -146,7 +146,7 @@ def write_star(path, particles: pd.DataFrame, optics: pd.DataFrame) -> None:
     """Write RELION 3.1 style (``data_optics`` + ``data_particles``), atomically.
 
     Missing voltage/Cs/amplitude contrast are filled with :data:`DEFAULT_OPTICS`; the optics table must
-    already carry the group, pixel size and image size. Particle columns are written as given.
+    already carry the group, pixel size and image size. Particle columns are written as given, each label once.
     """
     optics = optics.copy()
     for column, value in DEFAULT_OPTICS.items():
@@ -159,6 +159,9 @@ def write_star(path, particles: pd.DataFrame, optics: pd.DataFrame) -> None:
     missing = [c for c in OPTICS_COLUMNS if c not in optics or optics[c].isna().any()]
     if missing:
         raise ValueError(f"optics table lacks {missing}")
+    twice = sorted(set(particles.columns[particles.columns.duplicated()]))
+    if twice:  # RELION refuses the file ("more columns than the number of labels")
+        raise ValueError(f"particles table has labels twice: {twice}")
     optics[_INTEGER_OPTICS] = optics[_INTEGER_OPTICS].astype(int)
     optics = optics[OPTICS_COLUMNS + [c for c in optics if c not in OPTICS_COLUMNS]]
     with atomic_path(path) as tmp:
