@@ -170,7 +170,8 @@ class ParticleStack:
     @classmethod
     def from_topaz(cls, coords, micrographs_dir, box: int, apix: float | None = None) -> "ParticleStack":
         """Boxes of ``box`` px centred on Topaz coordinates (x = column, y = row, px), cut from
-        ``micrographs_dir/<image_name>.mrc``; boxes crossing a micrograph edge are dropped (``edge_skipped``)."""
+        ``micrographs_dir/<image_name>.mrc``; boxes crossing a micrograph edge are dropped (``edge_skipped``). The
+        score becomes ``rlnAutopickFigureOfMerit`` when the table has one (RELION would read a missing one as 0)."""
         coords, micrographs_dir = Path(coords), Path(micrographs_dir)
         table = read_topaz(coords)
         names, file_id = np.unique(table["image_name"].to_numpy(dtype=str), return_inverse=True)
@@ -185,9 +186,10 @@ class ParticleStack:
         if not inside.any():
             raise InputError(f"every box of {box} px crosses a micrograph edge", coords)
         meta = pd.DataFrame({"rlnMicrographName": [_relative_to_cwd(f) for f in files]}).iloc[file_id[inside]]
+        score = table["score"].to_numpy()[inside]
         meta = meta.reset_index(drop=True).assign(
             rlnCoordinateX=table["x_coord"].to_numpy()[inside], rlnCoordinateY=table["y_coord"].to_numpy()[inside],
-            rlnAutopickFigureOfMerit=table["score"].to_numpy()[inside], rlnOpticsGroup=1)
+            **({} if np.isnan(score).all() else {"rlnAutopickFigureOfMerit": score}), rlnOpticsGroup=1)
         apix = _checked_apix(apix)
         if apix is None:
             sizes = {read_voxel_size(f) for f in files}
