@@ -253,6 +253,14 @@ def test_training_on_nan_pixels_names_the_particle_and_leaves_no_run(tmp_path, r
     assert not (tmp_path / "runs").exists()
 
 
+def test_training_with_ctf_on_nan_defocus_is_refused_before_any_run(tmp_path, monkeypatch, run_emgroup):
+    monkeypatch.chdir(tmp_path)
+    star = hostile_star("NaN defocus")
+    result = run_emgroup("train", star, "-o", "runs/r", "--model", "target", "--ctf", *SMALL)
+    assert_one_line(result, 2, r"in/p.star: particle 2 has rlnDefocusU nan \(not a number\)")
+    assert not Path("runs").exists()
+
+
 @pytest.mark.slow
 def test_a_diverging_loss_stops_training_and_keeps_the_good_checkpoints(tmp_path, run_emgroup, tiny_particles,
                                                                          monkeypatch):

@@ -27,7 +27,8 @@ FILE = click.Path(path_type=Path)
               help=f"Fraction of particles marked 'val' (the rest 'train') in the {SPLIT_COLUMN} column.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the train/val split.")
 @click.option("--apix", type=FiniteFloat(min=0, min_open=True), default=None,
-              help="Pixel size in Å/px, overriding the input's. [default: from the STAR/.cs/MRC header]")
+              help="Pixel size in Å/px, overriding the input's (shifts in Å are rescaled with it; optics groups "
+                   "at different pixel sizes are refused either way). [default: from the STAR/.cs/MRC header]")
 @click.option("--root", type=FILE, default=None,
               help="Folder tried first when resolving image paths in a STAR/.cs file (then the working "
                    "directory, then the file's folder).")

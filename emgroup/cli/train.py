@@ -99,7 +99,8 @@ _PARAMS = [
     click.Option(["--epochs"], type=click.IntRange(1), default=DEFAULTS.epochs, show_default=True,
                  help="Maximum number of passes over the training particles (may be raised on --resume)."),
     click.Option(["--batch-size"], type=click.IntRange(1), default=DEFAULTS.batch_size, show_default=True,
-                 help="Particles per optimisation step, over all processes (torchrun splits it)."),
+                 help="Particles per optimisation step, over all processes (torchrun splits it); out of memory, "
+                      "one process splits it into micro-batches and says so."),
     click.Option(["--lr"], type=FiniteFloat(0, min_open=True), default=DEFAULTS.lr, show_default=True,
                  help="Adam learning rate (per step)."),
     click.Option(["--seed"], type=int, default=DEFAULTS.seed, show_default=True,
