@@ -84,7 +84,8 @@ def _module_exists(module: str) -> bool:
     return importlib.util.find_spec(f"emgroup.cli.{module}") is not None
 
 
-@click.group("emgroup", cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group("emgroup", cls=LazyGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="emgroup")
 def cli():
     """Learn pose-disentangled representations of cryo-EM particles and hand them back to RELION/cryoSPARC.
