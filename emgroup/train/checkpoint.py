@@ -4,7 +4,8 @@ A run folder holds ``config.json`` (model name, every option, box, pixel size, p
 ``metrics.csv`` (one row per epoch) and ``checkpoints/last.pt`` (every epoch) / ``checkpoints/best.pt`` (on
 validation improvement). A checkpoint is a dict: ``model`` (state dict), ``optimizer``, ``scheduler``, ``scaler``
 (fp16 only), ``epoch`` (epochs completed), ``rng`` (per-rank RNG states), ``best`` (best monitored loss),
-``stale_epochs`` (epochs since it improved), ``history`` (the metrics rows so far) and ``config``.
+``stale_epochs`` (epochs since it improved), ``micro_batch`` (particles per micro-batch after running out of
+memory, or None), ``history`` (the metrics rows so far) and ``config``.
 """
 
 import json

@@ -283,7 +283,7 @@ class Trainer:
             torch.cuda.empty_cache()
         current = min(self.micro_batch or n, n)
         if current == 1 or self.processes.world_size > 1:
-            why = ("even one particle at a time" if current == 1 else
+            why = ("even with one particle at a time" if current == 1 else
                    f"with {current} particles at a time in process {self.processes.rank} (micro-batches are not "
                    "coordinated across torchrun processes: lower --batch-size)")
             raise InputError(f"out of memory on {self.device} {why} ({problem})")
