@@ -111,6 +111,8 @@ def test_click_usage_errors_are_one_line(run_emgroup):
     assert_one_line(run_emgroup("preprocess", "--no-such-option"), 2, r"No such option '--no-such-option'")
     assert_one_line(run_emgroup("analyze"), 2, r"Missing argument 'RUNDIR'")
     assert_one_line(run_emgroup("nonsense"), 2, r"No such command 'nonsense'")
+    bare = run_emgroup()  # no command at all: the help, as click shows it
+    assert bare.output.startswith("Usage: emgroup [OPTIONS] COMMAND") and "preprocess" in bare.output
 
 
 def test_topaz_coordinates_with_nan(tmp_path, monkeypatch, run_emgroup):

@@ -50,6 +50,9 @@ class LazyGroup(click.Group):
                 code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except InputError as err:
             _fail(str(err), 2)
+        except getattr(click.exceptions, "NoArgsIsHelpError", ()) as err:  # a bare `emgroup` (click >= 8.2): help
+            err.show()
+            sys.exit(err.exit_code)
         except click.ClickException as err:
             ctx = getattr(err, "ctx", None)
             hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
