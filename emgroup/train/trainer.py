@@ -9,7 +9,6 @@ continue bit for bit (model, optimizer, scheduler, RNG states of every process, 
 metrics so far).
 """
 
-import contextlib
 import dataclasses
 import math
 import random
@@ -175,11 +174,11 @@ class Trainer:
         return f"finished {settings.epochs} epochs"
 
     def _remove_run_files(self) -> None:
-        """Delete what this run wrote (``config.json``, ``metrics.csv``, an empty ``checkpoints/``)."""
+        """Delete what this new run wrote: ``config.json``, ``metrics.csv`` and ``checkpoints/`` (a ``best.pt``
+        written just before the interruption, with no ``last.pt`` to resume from)."""
         for name in (CONFIG, METRICS):
             (self.rundir / name).unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            (self.rundir / CHECKPOINTS).rmdir()
+        shutil.rmtree(self.rundir / CHECKPOINTS, ignore_errors=True)
 
     def _epoch(self) -> None:
         self.model.on_epoch_start(self.epoch)
