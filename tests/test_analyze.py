@@ -1,5 +1,5 @@
 """`emgroup analyze`: clustering, streamed inference through the model interface, and the command end to end —
-every output read back (by RELION 3.1 and cryoSPARC's reader too), poses and classes consistent across files."""
+every output read back (by RELION 3.1 and as cryoSPARC records too), poses and classes consistent across files."""
 
 import json
 import subprocess
@@ -60,6 +60,34 @@ def test_wide_latents_are_clustered_on_principal_components_and_summarised_in_th
     assert clustering_accuracy(truth, cluster_latents(leading, 3, "kmeans").labels) == 1.0
     few = np.vstack([wide[truth == c][:4] for c in range(3)])  # 12 particles, fewer than the 32 components
     assert clustering_accuracy(np.repeat(np.arange(3), 4), cluster_latents(few, 3, "kmeans").labels) == 1.0
+
+
+def test_principal_components_of_wide_latents_are_the_same_in_every_run():
+    """600 x 1000 latents: scikit-learn takes its randomized solver, unseeded it differed between runs."""
+    wide = np.random.default_rng(5).normal(size=(600, 1000)) * np.linspace(3, 0.1, 1000)
+    labels = np.zeros(600, dtype=int)
+    runs = [particles_table(pd.DataFrame(index=range(600)), {"z": wide}, labels, APIX, seed=0) for _ in range(3)]
+    for other in runs[1:]:
+        pd.testing.assert_frame_equal(other, runs[0], check_exact=True)
+
+
+def test_the_input_pose_and_class_are_kept_and_an_earlier_analysis_does_not_replace_them():
+    encoding = {"z": np.zeros((3, 2)), "theta": np.radians([10.0, 20.0, 30.0]), "shift": np.ones((3, 2))}
+    meta = pd.DataFrame({"rlnImageName": ["1@a.mrcs", "2@a.mrcs", "3@a.mrcs"], "rlnAngleRot": [1.0, 2, 3],
+                         "rlnAngleTilt": [40.0, 50, 60], "rlnAnglePsi": [7.0, 8, 9], "rlnOriginXAngst": [0.5, 0, 0],
+                         "rlnOriginYAngst": [0.0, 1, 2], "rlnClassNumber": [4, 5, 6]})
+    first = particles_table(meta, encoding, np.array([0, 1, 0]), APIX)
+    assert "rlnAngleRot" not in first and "rlnAngleTilt" not in first
+    for label in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst",
+                  "rlnClassNumber"):
+        np.testing.assert_array_equal(first[f"rlnEmgroupInput{label[3:]}"], meta[label])
+    np.testing.assert_allclose(first["rlnAnglePsi"], relion_from_model(encoding["theta"], encoding["shift"], APIX)[0])
+    assert first["rlnClassNumber"].tolist() == [1, 2, 1]
+    second = particles_table(first, {**encoding, "theta": np.zeros(3)}, np.array([1, 1, 0]), APIX)
+    assert list(second.columns) == list(first.columns)  # no label twice
+    for label in ("rlnAngleRot", "rlnAnglePsi", "rlnClassNumber"):
+        np.testing.assert_array_equal(second[f"rlnEmgroupInput{label[3:]}"], meta[label])  # still the original
+    assert second["rlnClassNumber"].tolist() == [2, 2, 1]
 
 
 def test_agglomerative_beyond_its_memory_limit_assigns_every_point(monkeypatch):
@@ -159,8 +187,12 @@ def test_outputs_agree_with_each_other_and_read_back(analyzed, monkeypatch):
     np.testing.assert_allclose(particles["rlnAnglePsi"], psi, atol=1e-4)
     np.testing.assert_allclose(particles[["rlnOriginXAngst", "rlnOriginYAngst"]], np.column_stack([origin_x, origin_y]),
                                atol=1e-5)
+    # the simulated 3-D poses came in: kept under rlnEmgroupInput*, none of them mixed into emgroup's in-plane pose
+    assert "rlnAngleRot" not in particles and "rlnAngleTilt" not in particles
+    for label in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst"):
+        np.testing.assert_allclose(particles[f"rlnEmgroupInput{label[3:]}"], source[label], rtol=1e-6, atol=1e-9)
 
-    cs, _ = read_cs("out/particles.cs")  # cryoSPARC fields: radians, pixels, 0-based classes
+    cs, _, _ = read_cs("out/particles.cs")  # cryoSPARC fields: radians, pixels, 0-based classes
     np.testing.assert_allclose(cs["rlnAnglePsi"], particles["rlnAnglePsi"], atol=1e-3)
     np.testing.assert_allclose(cs[["rlnOriginXAngst", "rlnOriginYAngst"]], particles[["rlnOriginXAngst",
                                                                                       "rlnOriginYAngst"]], atol=1e-4)
@@ -215,10 +247,13 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(analyzed, run_emgrou
     write_particles("wrong_box.star", [images[:, :16, :16]], pd.DataFrame(index=range(4)), optics_table(APIX, 16), APIX)
     (analyzed / "empty_run").mkdir()
     (analyzed / "empty_run" / "config.json").write_text((analyzed / "run" / "config.json").read_text())
+    images[2, 5, 5] = np.inf
+    write_particles("inf.star", [images], pd.DataFrame(index=range(4)), optics_table(APIX, BOX), APIX)
     cases = [(["run", "wrong_apix.star"], "pixel size"), (["run", "wrong_box.star"], "box 16 px"),
-             (["empty_run"], "checkpoint"), (["run", "--checkpoint", "newest"], "checkpoint")]
+             (["empty_run"], "checkpoint"), (["run", "--checkpoint", "newest"], "checkpoint"),
+             (["run", "inf.star"], "inf.star: particle 3 (000003@inf.mrcs) has NaN or Inf pixels")]
     for args, words in cases:
-        result = run_emgroup("analyze", *args, "-o", "never")
+        result = run_emgroup("analyze", *args, "-o", "never/here", "--no-progress")
         assert result.exit_code == 2 and words in result.output and len(result.output.strip().splitlines()) == 1
         assert not (analyzed / "never").exists()
 

@@ -7,7 +7,8 @@ import mrcfile
 import numpy as np
 import pytest
 
-from emgroup.errors import InputError
+import corpus
+from emgroup.errors import InputError, InputWarning
 from emgroup.io.mrc import StackWriter, open_stack, read_volume, read_voxel_size, write_stack, write_volume
 
 
@@ -84,3 +85,45 @@ def test_relion_reads_our_stack(tmp_path, images):
     expected = np.stack([images.mean((1, 2)), images.std((1, 2)), images.min((1, 2)), images.max((1, 2))], 1)
     np.testing.assert_allclose(stats[:, :4], expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(stats[:, 4], 1.5)
+
+
+def test_a_stack_without_the_id_string_is_read_with_one_warning(tmp_path, images):
+    path = corpus.mrc_without_id(tmp_path / "old.mrcs", images, apix=1.5)
+    with pytest.warns(InputWarning, match=re.escape(f"{path}: no MRC ID string")) as caught:
+        data = open_stack(path)
+    np.testing.assert_array_equal(data, images)
+    assert len(caught) == 1
+    with pytest.warns(InputWarning):
+        assert read_voxel_size(path) == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize("change", [b"", bytes(48)], ids=["truncated", "longer"])
+def test_a_header_without_the_id_string_whose_sizes_do_not_match_is_refused(tmp_path, images, change):
+    path = corpus.mrc_without_id(tmp_path / "bad.mrcs", images)
+    raw = path.read_bytes()
+    path.write_bytes(raw[:-100] if not change else raw + change)
+    with pytest.raises(InputError, match="sizes do not match the file"):
+        open_stack(path)
+
+
+def test_complex_values_zero_images_and_3d_maps_are_not_particle_images(tmp_path, images):
+    complex_path = corpus.mrc_file(tmp_path / "c.mrcs", images.astype(np.complex64))
+    with pytest.raises(InputError, match=r"complex-valued data \(MRC mode 4\)"):
+        open_stack(complex_path)
+    empty = corpus.mrc_file(tmp_path / "empty.mrcs", np.zeros((0, 12, 12), np.float32))
+    with pytest.raises(InputError, match="holds no images"):
+        open_stack(empty)
+    cube = np.zeros((12, 12, 12), np.float32)
+    with pytest.raises(InputError, match="holds a 3-D map"):
+        open_stack(corpus.mrc_file(tmp_path / "map.mrc", cube, volume=True))
+    assert open_stack(corpus.mrc_file(tmp_path / "stack.mrcs", cube)).shape == (12, 12, 12)  # space group 0
+    assert read_volume(tmp_path / "map.mrc")[0].shape == (12, 12, 12)
+
+
+@pytest.mark.relion
+def test_relion_reads_a_stack_without_the_id_string_as_we_do(tmp_path, images):
+    corpus.mrc_without_id(tmp_path / "old.mrcs", images)
+    out = subprocess.run(["relion_image_handler", "--i", "old.mrcs", "--stats"], cwd=tmp_path,
+                         capture_output=True, text=True, check=True).stdout
+    means = np.array(re.findall(r"avg= (\S+)", out), dtype=float)
+    np.testing.assert_allclose(means, images.mean((1, 2)), rtol=1e-4, atol=1e-5)

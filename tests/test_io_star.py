@@ -88,3 +88,31 @@ def test_unreadable_star_raises_input_error(tmp_path):
     (tmp_path / "bad.star").write_text("this is not\na star file\n")
     with pytest.raises(InputError, match="bad.star"):
         read_star(tmp_path / "bad.star")
+
+
+def test_a_label_is_never_written_twice(tmp_path):
+    table = pd.concat([particles(), particles()[["rlnDefocusU"]]], axis=1)
+    with pytest.raises(ValueError, match=r"labels twice: \['rlnDefocusU'\]"):
+        write_star(tmp_path / "p.star", table, optics_table(1.3, 64))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("pixel size", r"optics group 1: rlnImagePixelSize -1(\.0)? is not a pixel size in Å"),
+    ("voltage", r"optics group 1: rlnVoltage 0(\.0)? is not a voltage in kV"),
+    ("group", r"particle 2 is in optics group 7, which the optics table does not define \(it has 1\)"),
+    ("angle", r"particle 4 has rlnAnglePsi inf \(not a number\)"),
+])
+def test_impossible_values_are_refused_when_read(tmp_path, problem, message):
+    table, optics = particles(), optics_table(1.3, 64)
+    if problem == "pixel size":
+        optics["rlnImagePixelSize"] = -1.0
+    elif problem == "voltage":
+        optics["rlnVoltage"] = 0.0
+    elif problem == "group":
+        table.loc[1, "rlnOpticsGroup"] = 7
+    else:
+        table.loc[3, "rlnAnglePsi"] = np.inf
+    write_star(tmp_path / "p.star", table, optics)
+    with pytest.raises(InputError, match=message):
+        read_star(tmp_path / "p.star")

@@ -63,6 +63,8 @@ def test_bad_topaz_input(topaz, tmp_path):
     with pytest.raises(InputError, match="non-numeric"):
         read_topaz(tmp_path / "nan.txt")
     assert read_topaz(tmp_path / "particles.txt")["score"].tolist() == [1.5, 0.2, -0.3, 2.0, 0.7]
+    (tmp_path / "unscored.txt").write_text("image_name\tx_coord\ty_coord\nm1\t40\t40\n")  # no score: no column
+    assert "rlnAutopickFigureOfMerit" not in ParticleStack.from_topaz(tmp_path / "unscored.txt", "mics", BOX).meta
     (tmp_path / "far.txt").write_text("image_name\tx_coord\ty_coord\nm1\t0\t0\n")
     with pytest.raises(InputError, match="every box of 16 px crosses a micrograph edge"):
         ParticleStack.from_topaz(tmp_path / "far.txt", "mics", BOX)

@@ -122,17 +122,26 @@ def test_write_particles_is_read_by_relion_and_by_us(two_stacks, tmp_path, monke
     np.testing.assert_allclose(means, expected.mean((1, 2)), rtol=1e-4, atol=1e-5)
 
 
-def test_several_pixel_sizes_need_an_override(two_stacks):
+def test_several_pixel_sizes_are_refused_with_the_way_out_and_an_override_keeps_shifts_in_pixels(two_stacks):
     """(The other bad inputs are checked through the CLI in test_preprocess.py.)"""
     star, expected = two_stacks
     meta, optics = read_star(star)
     meta.loc[0, "rlnOpticsGroup"] = 2
     write_star(star, meta, pd.concat([optics, optics.assign(rlnOpticsGroup=2, rlnImagePixelSize=3.0)]))
-    with pytest.raises(InputError, match=r"several pixel sizes \[2, 3\] Å; pass --apix"):
-        ParticleStack.open(star)
-    stack = ParticleStack.open(star, apix=2.5)
+    for apix in (None, 2.5):  # one value for all would mislabel one of the groups
+        with pytest.raises(InputError, match=r"several pixel sizes: 2 Å \(optics group 1\), 3 Å \(optics group "
+                                             r"2\); emgroup needs one: resample .* --rescale_angpix .* --select "
+                                             r"rlnOpticsGroup"):
+            ParticleStack.open(star, apix=apix)
+    meta = meta.assign(rlnOpticsGroup=1, rlnOriginXAngst=4.0, rlnOriginYAngst=-2.0)
+    write_star(star, meta, optics)
+    stack = ParticleStack.open(star, apix=2.5)  # the file says 2 Å/px: the shifts were 2 and -1 px
     assert stack.apix == 2.5 and (stack.optics["rlnImagePixelSize"] == 2.5).all()
+    np.testing.assert_allclose(stack.meta[["rlnOriginXAngst", "rlnOriginYAngst"]], [[5.0, -2.5]] * len(meta))
     np.testing.assert_array_equal(stack.images(), expected)
+    for bad in (0.0, -3.0, float("inf"), float("nan")):
+        with pytest.raises(InputError, match="not a pixel size"):
+            ParticleStack.open(star, apix=bad)
 
 
 def test_unknown_input_type(tmp_path):

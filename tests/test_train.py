@@ -17,8 +17,10 @@ from emgroup.data.stack import ParticleStack
 from emgroup.errors import InputError
 from emgroup.io.star import read_star, write_star
 from emgroup.models.spatial_vae import SpatialVAE
+from emgroup.models.vae import VAE
 from emgroup.train.checkpoint import load_checkpoint, load_run
 from emgroup.train.data import EpochBatches, StackBatches, split_indices
+from emgroup.train.trainer import TrainSettings, new_run
 
 SMALL = ["--hidden", 32, "--batch-size", 25, "--no-progress"]
 
@@ -230,3 +232,27 @@ def test_sigterm_stops_cleanly_keeping_the_last_complete_epoch(run_emgroup, tiny
 def test_load_run_without_the_checkpoint_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="no such checkpoint"):
         load_run(tmp_path, "last")
+
+
+def test_micro_batches_take_the_same_optimisation_step(tiny_particles, tmp_path, monkeypatch):
+    """The gradient accumulated over micro-batches (what a run gets after running out of memory) is the whole
+    batch's gradient: the model's loss here draws no noise, so the two must agree to rounding."""
+    def mean_squared_error(self, batch):
+        images = batch["images"]
+        error = ((self.decode(self.encode(images)) - images) ** 2).flatten(1).mean(1).mean()
+        return {"loss": error, "recon": error}
+
+    monkeypatch.setattr(VAE, "loss", mean_squared_error)
+    results = []
+    for micro_batch in (None, 3):
+        trainer = new_run(tiny_particles, tmp_path / f"run{micro_batch}", "vae", {"hidden": 16},
+                          TrainSettings(batch_size=10, device="cpu"), progress=False)
+        trainer.micro_batch = micro_batch
+        batch = next(iter(trainer.train_loader))
+        terms = trainer._step(batch, train=True, weight=1 / 10)
+        results.append((terms, [p.grad for p in trainer.model.parameters() if p.grad is not None]))
+    (whole, whole_grads), (micro, micro_grads) = results
+    assert whole["loss"].item() == pytest.approx(micro["loss"].item(), rel=1e-6)
+    for g_whole, g_micro in zip(whole_grads, micro_grads, strict=True):
+        torch.testing.assert_close(g_micro, g_whole, rtol=1e-5, atol=1e-7)
+    assert any(g.abs().max() > 0 for g in whole_grads)

@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from emgroup.data.poses import matrix_to_euler, relion_from_model
+from emgroup.data.stack import require_finite
 from emgroup.models.so3 import quaternion_to_matrix
 
 #: encode entries that place the object; without them ``decode`` draws the canonical pose
@@ -32,10 +33,12 @@ def encode_stack(model, stack, store, batch_size: int = 256, device="cpu",
     reconstructions)``, the last being ``model.decode``'s output as float32 (m, D, D) — each particle in its own
     pose, or in the canonical pose when ``canonical``.
     Memory stays bounded by the batch. Returns ``store``'s datasets by name (read them with ``[:]``).
+    :class:`~emgroup.errors.InputError` for a particle with NaN or Inf pixels.
     """
     n = len(stack)
     with torch.inference_mode(), tqdm(total=n, desc="encoding", unit="particle", disable=not progress) as bar:
         for indices, images in stack.iter_chunks(batch_size):
+            require_finite(stack, indices, images)
             encoding = model.encode(torch.from_numpy(images).to(device))
             for name, value in encoding.items():
                 value = value.float().cpu().numpy()

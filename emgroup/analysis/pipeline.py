@@ -31,8 +31,10 @@ from emgroup.io.mrc import StackWriter, open_stack, write_stack, write_volume
 from emgroup.io.star import format_image_name, parse_image_name, write_star
 
 POSE_LABELS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst")
-#: input columns replaced by the inferred pose, cluster and latents
+#: input columns replaced by the inferred pose and cluster (the input's values move to :data:`INPUT_LABEL` columns)
 REPLACED = (*POSE_LABELS, "rlnClassNumber")
+#: ``rlnEmgroupInputAngleRot`` ...: the pose and class the particles came with, before emgroup's replaced them
+INPUT_LABEL = "rlnEmgroupInput"
 LATENT_LABEL = "rlnEmgroupLatent"
 #: wider latents go into the STAR as their first STAR_PCS principal components (``rlnEmgroupLatentPC1..``)
 STAR_LATENTS, STAR_PCS = 32, 10
@@ -81,14 +83,14 @@ def analyze(model, stack, outdir, rundir=None, options: Options | None = None) -
                 comparison.add(indices, images, reconstructions)
 
         encoding, clusters, swap = _encode_and_cluster(model, stack, h5, options, decoded if options.denoise else None)
-        table = particles_table(stack.meta, encoding, clusters.labels, apix)
+        table = particles_table(stack.meta, encoding, clusters.labels, apix, options.seed)
         _store_analysis(h5, table, clusters, stack, options)
     theta, shift = inplane_pose(encoding, n)
     averages, counts = class_averages(stack, clusters.labels, theta, shift, clusters.n_clusters,
                                       options.batch_size, options.progress)
     decoded_centres = decode_latents(model, clusters.centres, options.device)
     write_star(outdir / "particles.star", table, stack.optics)
-    write_cs(outdir / "particles.cs", table, stack.optics)
+    write_cs(outdir / "particles.cs", table, stack.optics, stack.records)
     if options.denoise:
         denoised_table = table.assign(rlnImageName=format_image_name(np.arange(n), _from_cwd(outdir / "denoised.mrcs")))
         if options.canonical:  # the reconstructions are in the canonical frame: the identity pose
@@ -126,8 +128,8 @@ def analyze_volumes(model, stack, outdir, rundir=None, options: Options | None =
     with contextlib.ExitStack() as files:
         h5 = files.enter_context(h5py.File(files.enter_context(atomic_path(outdir / "latents.h5")), "w"))
         encoding, clusters, swap = _encode_and_cluster(model, stack, h5, options, decoded if options.denoise else None)
-        kept = stack.meta.drop(columns=[c for c in stack.meta if c == "rlnClassNumber" or c.startswith(LATENT_LABEL)])
-        table = pd.concat([kept.reset_index(drop=True), _class_and_latents(clusters.labels, encoding["z"], n)], axis=1)
+        kept = _input_kept(stack.meta, ["rlnClassNumber"])
+        table = pd.concat([kept, _class_and_latents(clusters.labels, encoding["z"], n, options.seed)], axis=1)
         _store_analysis(h5, table, clusters, stack, options)
     decoded_centres = decode_latents(model, clusters.centres, options.device)
     write_star(outdir / "volumes.star", table, stack.optics)
@@ -156,24 +158,34 @@ def _encode_and_cluster(model, stack, h5, options: Options, decoded) -> tuple[di
     return encoding, clusters, swap
 
 
-def particles_table(meta: pd.DataFrame, encoding: dict, labels, apix: float) -> pd.DataFrame:
+def particles_table(meta: pd.DataFrame, encoding: dict, labels, apix: float, seed: int = 0) -> pd.DataFrame:
     """The input particles with the inferred pose (RELION 3.1 labels, see
     :func:`emgroup.analysis.inference.relion_pose_columns`), ``rlnClassNumber`` (1-based cluster) and the latent
     means as ``rlnEmgroupLatent1..k`` (k <= :data:`STAR_LATENTS`; else their principal components
-    ``rlnEmgroupLatentPC1..``)."""
+    ``rlnEmgroupLatentPC1..``, seeded by ``seed``). The input's pose and class move to ``rlnEmgroupInput*`` columns
+    (:func:`_input_kept`): no RELION pose mixes the input's angles with emgroup's."""
     n = len(meta)
-    kept = meta.drop(columns=[c for c in meta if c in REPLACED or c.startswith(LATENT_LABEL)])
-    return pd.concat([kept.reset_index(drop=True), relion_pose_columns(encoding, n, apix),
-                      _class_and_latents(labels, encoding["z"], n)], axis=1)
+    return pd.concat([_input_kept(meta, REPLACED), relion_pose_columns(encoding, n, apix),
+                      _class_and_latents(labels, encoding["z"], n, seed)], axis=1)
 
 
-def _class_and_latents(labels, z, n: int) -> pd.DataFrame:
+def _input_kept(meta: pd.DataFrame, replaced) -> pd.DataFrame:
+    """``meta`` without its latents and its ``replaced`` labels, whose values go to ``rlnEmgroupInput<label>`` (the
+    label without ``rln``) unless such a column is already there (it holds what came before an earlier emgroup
+    analysis: kept as it is)."""
+    moved = {f"{INPUT_LABEL}{c[3:]}": meta[c] for c in replaced if c in meta and f"{INPUT_LABEL}{c[3:]}" not in meta}
+    kept = meta.drop(columns=[c for c in meta if c in replaced or c.startswith(LATENT_LABEL)])
+    return kept.assign(**moved).reset_index(drop=True)
+
+
+def _class_and_latents(labels, z, n: int, seed: int) -> pd.DataFrame:
     """``rlnClassNumber`` (1-based ``labels``) and the latent means ``z`` as ``rlnEmgroupLatent1..k``, or their
-    first :data:`STAR_PCS` principal components (``rlnEmgroupLatentPC1..``) when k > :data:`STAR_LATENTS`."""
+    first :data:`STAR_PCS` principal components (``rlnEmgroupLatentPC1..``, PCA seeded by ``seed``) when
+    k > :data:`STAR_LATENTS`."""
     z = np.asarray(z, dtype=np.float64).reshape(n, -1)
     prefix = LATENT_LABEL
     if z.shape[1] > STAR_LATENTS:
-        z, prefix = PCA(min(STAR_PCS, n)).fit_transform(z), f"{LATENT_LABEL}PC"
+        z, prefix = PCA(min(STAR_PCS, n), random_state=seed).fit_transform(z), f"{LATENT_LABEL}PC"
     return pd.DataFrame({"rlnClassNumber": np.asarray(labels) + 1,
                          **{f"{prefix}{i + 1}": column for i, column in enumerate(z.T)}})
 

@@ -10,6 +10,7 @@ from emgroup.analysis.pipeline import Options, analyze, analyze_volumes
 from emgroup.data.stack import ParticleStack
 from emgroup.data.volumes import VolumeStack
 from emgroup.errors import InputError
+from emgroup.io.atomic import output_folder, written_together
 from emgroup.train.checkpoint import load_run
 from emgroup.train.distributed import Processes
 from emgroup.train.trainer import resolve_device
@@ -63,6 +64,12 @@ def command(rundir, particles, outdir, checkpoint, clusters, cluster_method, max
     class_averages.mrcs + classes.star, class_decoded.mrcs, denoised.mrcs + .star, figures/*.png and, when the
     STAR carries ground truth, metrics.json.
 
+    Poses: particles.star carries emgroup's pose in the RELION labels (rlnAnglePsi, rlnOriginXAngst/YAngst; SO(3)
+    models also rlnAngleRot/Tilt) and its cluster in rlnClassNumber; the pose and class the particles came with
+    (e.g. a 3-D refinement's rlnAngleRot/Tilt/Psi) are kept as rlnEmgroupInputAngleRot, rlnEmgroupInputAngleTilt,
+    rlnEmgroupInputAnglePsi, rlnEmgroupInputOriginXAngst/YAngst, rlnEmgroupInputClassNumber. A .cs input's
+    particles.cs keeps every input field and uid.
+
     PARTICLES (a RELION .star, .mrcs or cryoSPARC .cs) defaults to the particles the run was trained on. For a
     volume model (--model masked --group SO3) it is a volumes .star, a folder or one .mrc/.nii[.gz] file, and the
     outputs are OUTDIR/volumes.star, latents.h5, class_decoded/classNNN.mrc, denoised/NNNNNN.mrc + denoised.star,
@@ -72,8 +79,6 @@ def command(rundir, particles, outdir, checkpoint, clusters, cluster_method, max
     Example:
       emgroup analyze runs/spatial -o analysis --clusters 5
     """
-    if outdir.exists() and not outdir.is_dir():
-        raise InputError("output folder is a file", outdir)
     torch_device = resolve_device(device, Processes())  # one process: analyze is not distributed
     model, config = load_run(rundir, checkpoint, torch_device)
     if particles is None:
@@ -86,7 +91,8 @@ def command(rundir, particles, outdir, checkpoint, clusters, cluster_method, max
         raise InputError(f"pixel size {stack.apix:g} Å does not match the model's {config['apix']:g} Å", particles)
     options = Options(clusters, cluster_method, max_clusters, batch_size, torch_device, canonical, denoise, seed,
                       progress)
-    summary = (analyze_volumes if volumes else analyze)(model, stack, outdir, rundir, options)
+    with output_folder(outdir), written_together():  # every output, or none
+        summary = (analyze_volumes if volumes else analyze)(model, stack, outdir, rundir, options)
     click.echo(f"{summary['particles']} {'volumes' if volumes else 'particles'} in {summary['clusters']} clusters "
                f"{summary['counts']}; outputs in {outdir}")
     for name, value in summary["metrics"].items():

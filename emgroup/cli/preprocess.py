@@ -4,9 +4,10 @@ from pathlib import Path
 
 import click
 
+from emgroup.cli.types import FiniteFloat
 from emgroup.data.preprocess import SPLIT_COLUMN, preprocess_stack
 from emgroup.data.stack import ParticleStack
-from emgroup.errors import InputError
+from emgroup.io.atomic import output_folder
 
 FILE = click.Path(path_type=Path)
 
@@ -22,11 +23,12 @@ FILE = click.Path(path_type=Path)
               help="Per particle, scale the background outside a circle of radius box/2 px to mean 0, std 1.")
 @click.option("--max-particles", type=click.IntRange(min=1), default=None,
               help="Keep only the first N particles. [default: all]")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+@click.option("--val-fraction", type=FiniteFloat(0, 1, max_open=True), default=0.1, show_default=True,
               help=f"Fraction of particles marked 'val' (the rest 'train') in the {SPLIT_COLUMN} column.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the train/val split.")
-@click.option("--apix", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Pixel size in Å/px, overriding the input's. [default: from the STAR/.cs/MRC header]")
+@click.option("--apix", type=FiniteFloat(min=0, min_open=True), default=None,
+              help="Pixel size in Å/px, overriding the input's (shifts in Å are rescaled with it; optics groups "
+                   "at different pixel sizes are refused either way). [default: from the STAR/.cs/MRC header]")
 @click.option("--root", type=FILE, default=None,
               help="Folder tried first when resolving image paths in a STAR/.cs file (then the working "
                    "directory, then the file's folder).")
@@ -50,22 +52,15 @@ def command(input_path, outdir, downsample, invert_contrast, normalize, max_part
         raise click.UsageError("give either INPUT or --coords (with --micrographs and --box)")
     if coords is not None and (micrographs is None or box is None):
         raise click.UsageError("--coords needs --micrographs and --box")
-    if outdir.exists() and not outdir.is_dir():
-        raise InputError("output folder is a file", outdir)
     if coords is not None:
         stack = ParticleStack.from_topaz(coords, micrographs, box, apix=apix)
         click.echo(f"{len(stack)} boxes of {box} px; {stack.edge_skipped} skipped for crossing a micrograph edge")
     else:
         stack = ParticleStack.open(input_path, root=root, apix=apix)
-    created = not outdir.exists()
-    try:
+    with output_folder(outdir):  # bad pixels found while streaming: no trace left
         star = preprocess_stack(stack, outdir / "particles.star", downsample=downsample,
                                 invert_contrast=invert_contrast, normalize_background=normalize,
                                 max_particles=max_particles, val_fraction=val_fraction, seed=seed,
                                 chunk_size=chunk_size, progress=progress)
-    except BaseException:
-        if created and outdir.is_dir() and not any(outdir.iterdir()):
-            outdir.rmdir()  # bad pixels found while streaming: leave no trace
-        raise
     n = min(len(stack), max_particles or len(stack))
     click.echo(f"wrote {n} particles to {star} and {star.with_suffix('.mrcs')}")

@@ -10,10 +10,12 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from emgroup.cli.types import FiniteFloat
 from emgroup.data import simulate
 from emgroup.data.poses import matrix_to_euler, matrix_to_quaternion, random_rotations
 from emgroup.data.stack import write_particles
 from emgroup.errors import InputError
+from emgroup.io.atomic import output_folder, written_together
 from emgroup.io.atoms import read_atoms, read_trajectory
 from emgroup.io.mrc import StackWriter, read_volume, write_volume
 from emgroup.io.star import optics_table, write_star
@@ -63,29 +65,29 @@ def parse_range(ctx, param, value) -> tuple[float, float]:
 @click.option("-n", "--n-particles", type=click.IntRange(min=1), default=5000, show_default=True,
               help="Number of particles (or of volumes with --volumes).")
 @click.option("--box", type=click.IntRange(min=8), default=None, help="Box size in pixels. [default: 64]")
-@click.option("--apix", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--apix", type=FiniteFloat(min=0, min_open=True), default=None,
               help="Pixel size in Å/px. [default: 1.5]")
 @click.option("--views", type=click.Choice(["inplane", "random3d"]), default="inplane", show_default=True,
               help="inplane: one projection direction (rot = tilt = 0); random3d: directions uniform on the sphere.")
 @click.option("--rotation", callback=parse_rotation, default="uniform", show_default=True,
               metavar="uniform|normal:SIGMA_DEG|none",
               help="In-plane rotation psi: uniform on [-180, 180), normal:SIGMA (degrees, mean 0), or none.")
-@click.option("--shift-sigma", type=click.FloatRange(min=0), default=0.0, show_default=True,
+@click.option("--shift-sigma", type=FiniteFloat(min=0), default=0.0, show_default=True,
               help="Standard deviation of the Gaussian translation, pixels per axis.")
 @click.option("--ctf/--no-ctf", default=True, show_default=True, help="Apply a CTF to the particle images.")
 @click.option("--defocus", callback=parse_range, default="1.0-2.5", show_default=True, metavar="MIN-MAX",
               help="Defocus range in µm (underfocus), drawn uniformly per particle.")
-@click.option("--astigmatism", type=click.FloatRange(min=0), default=0.0, show_default=True,
+@click.option("--astigmatism", type=FiniteFloat(min=0), default=0.0, show_default=True,
               help="DefocusU - DefocusV in Å, at a uniformly random angle (0: no astigmatism, angle 0).")
-@click.option("--voltage", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True,
+@click.option("--voltage", type=FiniteFloat(min=0, min_open=True), default=300.0, show_default=True,
               help="Acceleration voltage, kV.")
-@click.option("--cs", type=click.FloatRange(min=0), default=2.7, show_default=True,
+@click.option("--cs", type=FiniteFloat(min=0), default=2.7, show_default=True,
               help="Spherical aberration, mm.")
-@click.option("--amplitude-contrast", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+@click.option("--amplitude-contrast", type=FiniteFloat(0, 1, max_open=True), default=0.1, show_default=True,
               help="Amplitude contrast fraction.")
-@click.option("--bfactor", type=click.FloatRange(min=0), default=0.0, show_default=True,
+@click.option("--bfactor", type=FiniteFloat(min=0), default=0.0, show_default=True,
               help="CTF envelope B-factor, Å^2 (exp(-B s^2 / 4)), written as rlnCtfBfactor.")
-@click.option("--snr", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--snr", type=FiniteFloat(min=0, min_open=True, allow_inf=True), default=None,
               help="Signal variance / noise variance (white Gaussian noise); signal = variance over the whole box "
                    "of the CTF-applied image, averaged over particles (with --volumes: of the unrotated volume, "
                    "averaged over conformations); 'inf' for no noise.  [default: 0.1; none with --volumes]")
@@ -106,34 +108,33 @@ def command(outdir, pdb, volume, pdb2, trajectory, conformations, n_particles, b
     OUTDIR/volumes.star. Example:
       emgroup simulate -o sim --pdb2 open.pdb -n 5000 --box 64 --apix 1.5 --shift-sigma 2 --snr 0.1
     """
-    if outdir.exists() and not outdir.is_dir():
-        raise InputError("output folder is a file", outdir)
     volumes, truth, box, apix = _object(pdb, volume, pdb2, trajectory, conformations, box, apix)
     rng = np.random.default_rng(seed)
-    if volume_mode:
-        _write_volumes(outdir, volumes, truth, n_particles, apix, float("inf") if snr is None else snr, rng,
-                       progress)
-        return
-    snr = 0.1 if snr is None else snr
-    ctf_options = dict(defocus_um=defocus, astigmatism=astigmatism, bfactor=bfactor) if ctf else None
-    table, conformation = simulate.sample_particles(
-        n_particles, truth, rng, apix, ctf_options, views=views, rotation=rotation[0], rotation_sigma=rotation[1],
-        shift_sigma_px=shift_sigma)
-    optics = dict(voltage=voltage, cs=cs, amplitude_contrast=amplitude_contrast) if ctf else None
-    chunks = simulate.render_particles(simulate.FourierProjector(volumes), table, conformation, apix, optics, snr,
-                                       rng, chunk_size=max(1, 4_000_000 // box**2))
-    with StackWriter(outdir / "clean.mrcs", n_particles, box, apix) as clean_stack, \
-            tqdm(total=n_particles, unit="particle", disable=not progress) as bar:
-        def particle_chunks():
-            for clean, particles in chunks:
-                clean_stack.write(clean)
-                bar.update(len(clean))
-                yield particles
+    with output_folder(outdir), written_together():  # every file, or none
+        if volume_mode:
+            _write_volumes(outdir, volumes, truth, n_particles, apix, float("inf") if snr is None else snr, rng,
+                           progress)
+            return
+        snr = 0.1 if snr is None else snr
+        ctf_options = dict(defocus_um=defocus, astigmatism=astigmatism, bfactor=bfactor) if ctf else None
+        table, conformation = simulate.sample_particles(
+            n_particles, truth, rng, apix, ctf_options, views=views, rotation=rotation[0], rotation_sigma=rotation[1],
+            shift_sigma_px=shift_sigma)
+        optics = dict(voltage=voltage, cs=cs, amplitude_contrast=amplitude_contrast) if ctf else None
+        chunks = simulate.render_particles(simulate.FourierProjector(volumes), table, conformation, apix, optics, snr,
+                                           rng, chunk_size=max(1, 4_000_000 // box**2))
+        with StackWriter(outdir / "clean.mrcs", n_particles, box, apix) as clean_stack, \
+                tqdm(total=n_particles, unit="particle", disable=not progress) as bar:
+            def particle_chunks():
+                for clean, particles in chunks:
+                    clean_stack.write(clean)
+                    bar.update(len(clean))
+                    yield particles
 
-        star = write_particles(outdir / "particles.star", particle_chunks(), table,
-                               optics_table(apix, box, voltage, cs, amplitude_contrast), apix)
-    click.echo(f"wrote {n_particles} particles of {box} px at {apix:g} Å/px to {star}, "
-               f"{star.with_suffix('.mrcs')} and {outdir / 'clean.mrcs'}")
+            star = write_particles(outdir / "particles.star", particle_chunks(), table,
+                                   optics_table(apix, box, voltage, cs, amplitude_contrast), apix)
+        click.echo(f"wrote {n_particles} particles of {box} px at {apix:g} Å/px to {star}, "
+                   f"{star.with_suffix('.mrcs')} and {outdir / 'clean.mrcs'}")
 
 
 def _object(pdb, volume, pdb2, trajectory, k, box, apix):

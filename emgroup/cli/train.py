@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from emgroup.cli.types import FiniteFloat
+from emgroup.io.atomic import output_folder
 from emgroup.models import registry
 from emgroup.train.trainer import PRECISIONS, TrainSettings, cpu_has_native_bf16, new_run, resume_run
 
@@ -37,7 +39,7 @@ def _model_options() -> dict[str, click.Option]:
             options[name] = click.Option([f"{flag}/--no-{flag[2:]}", name], default=None, help=help_text)
         else:
             choices = [c for _, f, _ in fields for c in f.metadata.get("choices", ())]  # union over the models
-            kind = click.Choice(list(dict.fromkeys(choices))) if choices else kind
+            kind = click.Choice(list(dict.fromkeys(choices))) if choices else FiniteFloat() if kind is float else kind
             options[name] = click.Option([flag, name], type=kind, default=None, help=help_text)
     return options
 
@@ -49,6 +51,11 @@ SETTINGS = [f.name for f in dataclasses.fields(TrainSettings)]
 def _train(particles, rundir, model, resume, force, root, progress, **options):
     if resume and force:
         raise click.UsageError("--resume and --force exclude each other")
+    with output_folder(rundir):  # a new run that fails before its first checkpoint leaves no folder
+        _train_in(rundir, particles, model, resume, force, root, progress, options)
+
+
+def _train_in(rundir, particles, model, resume, force, root, progress, options):
     ctx = click.get_current_context()
     given = {name for name in options if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
     model_options = {name: options[name] for name in MODEL_OPTIONS}
@@ -76,8 +83,10 @@ def _train(particles, rundir, model, resume, force, root, progress, **options):
         why = trainer.fit()
     except KeyboardInterrupt:
         if main:
-            click.echo(f"interrupted; {rundir / 'checkpoints' / 'last.pt'} holds epoch {trainer.epoch} "
-                       "(continue with --resume)", err=True)
+            click.echo(f"interrupted; {rundir / 'checkpoints' / 'last.pt'} holds epoch {trainer.saved_epoch} "
+                       "(continue with --resume)" if trainer.saved_epoch is not None else
+                       "interrupted in epoch 1, before the first checkpoint: nothing kept",
+                       err=True)
         sys.exit(130)
     if main:
         click.echo(f"{why}; best loss {trainer.best:.6g}; run in {rundir}")
@@ -93,8 +102,9 @@ _PARAMS = [
     click.Option(["--epochs"], type=click.IntRange(1), default=DEFAULTS.epochs, show_default=True,
                  help="Maximum number of passes over the training particles (may be raised on --resume)."),
     click.Option(["--batch-size"], type=click.IntRange(1), default=DEFAULTS.batch_size, show_default=True,
-                 help="Particles per optimisation step, over all processes (torchrun splits it)."),
-    click.Option(["--lr"], type=click.FloatRange(0, min_open=True), default=DEFAULTS.lr, show_default=True,
+                 help="Particles per optimisation step, over all processes (torchrun splits it); out of memory, "
+                      "one process splits it into micro-batches and says so."),
+    click.Option(["--lr"], type=FiniteFloat(0, min_open=True), default=DEFAULTS.lr, show_default=True,
                  help="Adam learning rate (per step)."),
     click.Option(["--seed"], type=int, default=DEFAULTS.seed, show_default=True,
                  help="Random seed of weights, shuffling and sampling (same seed, same metrics)."),
@@ -106,7 +116,7 @@ _PARAMS = [
                  show_default=True, help="Autocast precision: bf16 on CUDA and on CPUs with AMX/AVX512-BF16 "
                  "(TARGET-VAE 2.5x faster on 2 such cores, see docs/train.md); fp16 on CUDA only, with gradient "
                  "scaling."),
-    click.Option(["--val-fraction"], type=click.FloatRange(0, 1, max_open=True), default=None,
+    click.Option(["--val-fraction"], type=FiniteFloat(0, 1, max_open=True), default=None,
                  help="Fraction of particles held out for validation (seeded random choice). [default: the "
                       "rlnEmgroupSplit column written by `emgroup preprocess`, else 0.1]"),
     click.Option(["--plateau-patience"], type=click.IntRange(1), default=DEFAULTS.plateau_patience,

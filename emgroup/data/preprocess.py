@@ -10,11 +10,14 @@ import numpy as np
 import scipy.fft as sfft
 from tqdm import tqdm
 
-from emgroup.data.stack import ParticleStack, write_particles
+from emgroup.data.stack import ParticleStack, require_finite, write_particles
 from emgroup.errors import InputError
 
 #: STAR column holding the seeded train/validation split (values ``train`` and ``val``)
 SPLIT_COLUMN = "rlnEmgroupSplit"
+#: the image each particle was made from (RELION's label, as its extraction and subtraction write it) and the
+#: images before it: ``rlnEmgroupImageOriginalName2`` (the original's original), ``...3``, ...
+ORIGIN_LABEL, EARLIER_ORIGIN_LABEL = "rlnImageOriginalName", "rlnEmgroupImageOriginalName"
 
 
 def fourier_crop(images: np.ndarray, new_box: int) -> np.ndarray:
@@ -64,14 +67,24 @@ def split_labels(n: int, val_fraction: float, seed: int) -> np.ndarray:
     return labels
 
 
+def record_origin(meta):
+    """``meta`` with ``rlnImageName`` as ``rlnImageOriginalName`` (the image each particle is made from) and the
+    origins it had one step further back (``rlnImageOriginalName`` to ``rlnEmgroupImageOriginalName2``, that to
+    ``...3``, ...): the whole provenance chain, every label once."""
+    chain = [ORIGIN_LABEL]
+    while chain[-1] in meta:
+        chain.append(f"{EARLIER_ORIGIN_LABEL}{len(chain) + 1}")
+    return meta.rename(columns={"rlnImageName": ORIGIN_LABEL, **dict(zip(chain[:-1], chain[1:]))})
+
+
 def preprocess_stack(stack: ParticleStack, out_star, *, downsample: int | None = None, invert_contrast=False,
                      normalize_background=True, max_particles: int | None = None, val_fraction: float = 0.0,
                      seed: int = 0, chunk_size: int = 256, progress: bool = True) -> Path:
     """Stream ``stack`` through crop -> invert -> normalize into ``out_star`` (+ the ``.mrcs`` beside it).
 
     Keeps the first ``max_particles``; writes every input column (the input ``rlnImageName`` becomes
-    ``rlnImageOriginalName``) plus :data:`SPLIT_COLUMN`; the pixel size is scaled by ``box / downsample`` and
-    CTF columns are kept. Memory holds one chunk of ``chunk_size`` images. Raises :class:`InputError` for
+    ``rlnImageOriginalName``, earlier origins move back: :func:`record_origin`) plus :data:`SPLIT_COLUMN`; the
+    pixel size is scaled by ``box / downsample`` and CTF columns are kept. Memory holds one chunk of ``chunk_size`` images. Raises :class:`InputError` for
     non-finite pixels or a constant background (naming the particle) and for an impossible option.
     """
     out_star = Path(out_star)
@@ -86,26 +99,19 @@ def preprocess_stack(stack: ParticleStack, out_star, *, downsample: int | None =
     labels = split_labels(len(stack), val_fraction, seed)
     if (labels == "val").all():
         raise InputError(f"validation fraction {val_fraction} leaves no particle of {len(stack)} for training")
-    meta = stack.meta.rename(columns={"rlnImageName": "rlnImageOriginalName"}).assign(**{SPLIT_COLUMN: labels})
+    meta = record_origin(stack.meta).assign(**{SPLIT_COLUMN: labels})
 
     def processed():
         with tqdm(total=len(stack), unit="particle", desc="preprocess", disable=not progress) as bar:
             for indices, images in stack.iter_chunks(chunk_size):
-                _require_finite(images, indices, stack, "NaN or Inf pixels")
+                require_finite(stack, indices, images)
                 images = fourier_crop(images, new_box) if new_box != stack.box else images
                 images = invert(images) if invert_contrast else images
                 if normalize_background:
                     images = normalize(images)
-                    _require_finite(images, indices, stack, "a constant background (use --no-normalize)")
+                    require_finite(stack, indices, images, "has a constant background (use --no-normalize)")
                 bar.update(len(indices))
                 yield images
 
     return write_particles(out_star, processed(), meta, stack.optics, stack.apix * stack.box / new_box, out_mrcs)
 
-
-def _require_finite(images, indices, stack, problem):
-    bad = ~np.isfinite(images).all(axis=(1, 2))
-    if bad.any():
-        first = int(indices[np.argmax(bad)])
-        name = stack.meta["rlnImageName"].iloc[first] if "rlnImageName" in stack.meta else "from the coordinates"
-        raise InputError(f"particle {first + 1} ({name}) has {problem}", stack.path)

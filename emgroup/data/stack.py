@@ -5,6 +5,7 @@ Images are read on demand from memory-mapped files (never the whole stack unless
 ``apix`` (Å/px) and one box ``D`` (px) for the whole stack.
 """
 
+import math
 import os
 from pathlib import Path
 
@@ -12,11 +13,14 @@ import numpy as np
 import pandas as pd
 
 from emgroup.errors import InputError
+from emgroup.io.atomic import written_together
 from emgroup.io.cryosparc import read_cs
 from emgroup.io.mrc import StackWriter, open_stack, read_voxel_size
 from emgroup.io.star import format_image_name, optics_table, parse_image_name, read_star, write_star
 from emgroup.io.topaz import read_topaz
 
+#: shifts in Å, rescaled when --apix overrides the pixel size the input states
+ORIGIN_COLUMNS = ("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")
 #: memory maps kept open per stack (a RELION project may spread particles over thousands of files)
 _OPEN_FILES = 64
 
@@ -81,14 +85,16 @@ class ParticleStack:
     pixel size in Å, ``box`` the image side in pixels, ``path`` the file it was opened from. ``edge_skipped``
     counts Topaz coordinates dropped because their box crossed the micrograph edge (0 for other inputs).
     ``meta["rlnImageName"]`` (STAR/MRCS/cs input) names each image by its resolved path relative to the
-    working directory, as RELION run from there finds it.
+    working directory, as RELION run from there finds it. ``records`` holds a ``.cs`` input's cryoSPARC records
+    as they were read (one per row of ``meta``; None for other inputs), so that what is written back keeps them.
     """
 
     def __init__(self, meta: pd.DataFrame, optics: pd.DataFrame, apix: float, reader: _FileImages,
-                 rows: np.ndarray | None = None, edge_skipped: int = 0, path: Path | None = None):
+                 rows: np.ndarray | None = None, edge_skipped: int = 0, path: Path | None = None,
+                 records: np.ndarray | None = None):
         self.meta, self.optics, self.apix, self._reader = meta, optics, float(apix), reader
         self._rows = np.arange(len(meta)) if rows is None else rows
-        self.edge_skipped, self.path = edge_skipped, path
+        self.edge_skipped, self.path, self.records = edge_skipped, path, records
 
     # --- constructors -------------------------------------------------------------------------------------
 
@@ -98,16 +104,17 @@ class ParticleStack:
 
         Image paths in STAR/cs files are tried relative to ``root`` (if given), the working directory, then the
         file's folder; last, the file name alone in the file's folder (a RELION project's STAR and stack moved
-        together). ``apix`` (Å) overrides the pixel size the input states.
+        together). ``apix`` (Å) overrides the pixel size the input states, and shifts in Å are rescaled with it
+        (they keep their value in pixels); particles in optics groups at several pixel sizes are refused either way.
         """
         path = Path(path)
-        suffix = path.suffix.lower()
+        suffix, records = path.suffix.lower(), None
         if not path.is_file():
             raise InputError("no such file", path)
         if suffix == ".star":
             meta, optics = read_star(path)
         elif suffix == ".cs":
-            meta, optics = read_cs(path)
+            meta, optics, records = read_cs(path)
         elif suffix in (".mrcs", ".mrc"):
             images = open_stack(path)
             meta = pd.DataFrame({"rlnImageName": format_image_name(np.arange(len(images)), _relative_to_cwd(path)),
@@ -115,10 +122,10 @@ class ParticleStack:
             optics = optics_table(read_voxel_size(path) or np.nan, images.shape[-1])
         else:
             raise InputError("unknown input type (expected .star, .mrcs, .mrc or .cs)", path)
-        return cls._from_table(path, meta, optics, root, apix)
+        return cls._from_table(path, meta, optics, root, apix, records)
 
     @classmethod
-    def _from_table(cls, table_path: Path, meta, optics, root, apix) -> "ParticleStack":
+    def _from_table(cls, table_path: Path, meta, optics, root, apix, records=None) -> "ParticleStack":
         """Resolve and check every ``rlnImageName`` of ``meta`` (read from ``table_path``) and build the stack."""
         if "rlnImageName" not in meta:
             raise InputError("no rlnImageName column (not a particles file)", table_path)
@@ -153,15 +160,18 @@ class ParticleStack:
             raise InputError(f"mixed box sizes {boxes} px", table_path)
         box = boxes[0]
         reader = _StackImages(files, file_id, index, box)
-        apix = _one_pixel_size(meta, optics, apix, files[0], table_path)
+        apix, stated = _one_pixel_size(meta, optics, apix, files[0], table_path)
+        if stated is not None and apix != stated:  # the same shifts in pixels at the pixel size given
+            meta = _rescaled_origins(meta, apix / stated)
         from_cwd = np.array([_relative_to_cwd(f) for f in files])
         meta = meta.assign(rlnImageName=format_image_name(index, from_cwd[file_id]))
-        return cls(meta, _set_image(optics, apix, box), apix, reader, path=table_path)
+        return cls(meta, _set_image(optics, apix, box), apix, reader, path=table_path, records=records)
 
     @classmethod
     def from_topaz(cls, coords, micrographs_dir, box: int, apix: float | None = None) -> "ParticleStack":
         """Boxes of ``box`` px centred on Topaz coordinates (x = column, y = row, px), cut from
-        ``micrographs_dir/<image_name>.mrc``; boxes crossing a micrograph edge are dropped (``edge_skipped``)."""
+        ``micrographs_dir/<image_name>.mrc``; boxes crossing a micrograph edge are dropped (``edge_skipped``). The
+        score becomes ``rlnAutopickFigureOfMerit`` when the table has one (RELION would read a missing one as 0)."""
         coords, micrographs_dir = Path(coords), Path(micrographs_dir)
         table = read_topaz(coords)
         names, file_id = np.unique(table["image_name"].to_numpy(dtype=str), return_inverse=True)
@@ -176,9 +186,11 @@ class ParticleStack:
         if not inside.any():
             raise InputError(f"every box of {box} px crosses a micrograph edge", coords)
         meta = pd.DataFrame({"rlnMicrographName": [_relative_to_cwd(f) for f in files]}).iloc[file_id[inside]]
+        score = table["score"].to_numpy()[inside]
         meta = meta.reset_index(drop=True).assign(
             rlnCoordinateX=table["x_coord"].to_numpy()[inside], rlnCoordinateY=table["y_coord"].to_numpy()[inside],
-            rlnAutopickFigureOfMerit=table["score"].to_numpy()[inside], rlnOpticsGroup=1)
+            **({} if np.isnan(score).all() else {"rlnAutopickFigureOfMerit": score}), rlnOpticsGroup=1)
+        apix = _checked_apix(apix)
         if apix is None:
             sizes = {read_voxel_size(f) for f in files}
             if None in sizes:
@@ -214,8 +226,10 @@ class ParticleStack:
     def subset(self, indices) -> "ParticleStack":
         """The particles at ``indices`` (same forms as :meth:`images`) as a new stack; no image is read."""
         rows = np.atleast_1d(self._rows[indices])
-        meta = self.meta.iloc[np.atleast_1d(np.arange(len(self))[indices])].reset_index(drop=True)
-        return ParticleStack(meta, self.optics, self.apix, self._reader, rows, self.edge_skipped, self.path)
+        positions = np.atleast_1d(np.arange(len(self))[indices])
+        records = None if self.records is None else self.records[positions]
+        return ParticleStack(self.meta.iloc[positions].reset_index(drop=True), self.optics, self.apix, self._reader,
+                             rows, self.edge_skipped, self.path, records)
 
     def iter_chunks(self, size: int):
         """Yield ``(indices, images)`` over the stack in order, ``size`` particles at a time."""
@@ -224,13 +238,24 @@ class ParticleStack:
             yield indices, self.images(indices)
 
 
+def require_finite(stack, indices, images, problem: str = "has NaN or Inf pixels") -> None:
+    """:class:`InputError` naming ``stack``'s file and the first particle of ``indices`` (rows of ``stack``) whose
+    ``images`` (n, ...) are not all finite: ``particle N (its image name) PROBLEM``."""
+    bad = ~np.isfinite(np.asarray(images).reshape(len(images), -1)).all(axis=1)
+    if bad.any():
+        first = int(np.asarray(indices)[np.argmax(bad)])
+        name = stack.meta["rlnImageName"].iloc[first] if "rlnImageName" in stack.meta else "from the coordinates"
+        raise InputError(f"particle {first + 1} ({name}) {problem}", stack.path)
+
+
 def write_particles(star_path, chunks, meta: pd.DataFrame, optics: pd.DataFrame, apix: float,
                     mrcs_path=None) -> Path:
     """Stream image ``chunks`` (an iterable of ``(m, D, D)`` arrays, ``len(meta)`` images in all) into an MRCS
     stack and write a RELION 3.1 STAR whose ``rlnImageName`` points at it (relative to the working directory).
 
     ``mrcs_path`` defaults to the STAR path with suffix ``.mrcs``; ``apix`` (Å) goes into the MRC header and
-    the optics table (with the image size). Both files are written atomically. Returns the STAR path.
+    the optics table (with the image size). Both files appear together, when both are complete, or neither does.
+    Returns the STAR path.
     """
     star_path = Path(star_path)
     mrcs_path = star_path.with_suffix(".mrcs") if mrcs_path is None else Path(mrcs_path)
@@ -239,15 +264,15 @@ def write_particles(star_path, chunks, meta: pd.DataFrame, optics: pd.DataFrame,
     if len(first) == 0:
         raise ValueError("write_particles needs a first chunk with at least one image")
     box = first.shape[-1]
-    with StackWriter(mrcs_path, len(meta), box, apix) as out:
-        out.write(first)
-        for chunk in chunks:
-            out.write(chunk)
     meta = meta.reset_index(drop=True).assign(
         rlnImageName=format_image_name(np.arange(len(meta)), _relative_to_cwd(mrcs_path)))
     if "rlnOpticsGroup" not in meta:
         meta["rlnOpticsGroup"] = int(optics["rlnOpticsGroup"].iloc[0])
-    write_star(star_path, meta, _set_image(optics, apix, box))
+    with written_together(), StackWriter(mrcs_path, len(meta), box, apix) as out:
+        out.write(first)
+        for chunk in chunks:
+            out.write(chunk)
+        write_star(star_path, meta, _set_image(optics, apix, box))
     return star_path
 
 
@@ -264,17 +289,33 @@ def _set_image(optics: pd.DataFrame, apix: float, box: int) -> pd.DataFrame:
     return optics.assign(rlnImagePixelSize=float(apix), rlnImageSize=int(box))
 
 
-def _one_pixel_size(meta, optics, override, first_file, table_path) -> float:
-    """The stack's pixel size (Å): ``override``, else the optics groups used (must agree), else the MRC header."""
-    if override is not None:
-        return float(override)
+def _one_pixel_size(meta, optics, override, first_file, table_path) -> tuple[float, float | None]:
+    """(the stack's pixel size in Å, the one the input states or None): ``override``, else the optics groups used,
+    else the MRC header. Optics groups at different pixel sizes are refused, ``override`` or not: one value for
+    all would mislabel some of them."""
+    override = _checked_apix(override)
     groups = optics[optics["rlnOpticsGroup"].isin(meta["rlnOpticsGroup"])] if "rlnOpticsGroup" in meta else optics
-    sizes = groups["rlnImagePixelSize"].dropna().unique() if "rlnImagePixelSize" in groups else []
-    if len(sizes) > 1:
-        raise InputError(f"particles have several pixel sizes {_listed(sizes)} Å; pass --apix", table_path)
-    if len(sizes) == 1:
-        return float(sizes[0])
-    header = read_voxel_size(first_file)
-    if header is None:
+    stated = groups.dropna(subset=["rlnImagePixelSize"]).drop_duplicates("rlnImagePixelSize")
+    if len(stated) > 1:
+        listed = ", ".join(f"{row.rlnImagePixelSize:g} Å (optics group {row.rlnOpticsGroup})"
+                           for row in stated.sort_values("rlnImagePixelSize").itertuples())
+        raise InputError(f"particles come at several pixel sizes: {listed}; emgroup needs one: resample them to one "
+                         "pixel size first (relion_image_handler --rescale_angpix A --new_box D, one group at a "
+                         "time) or keep one group (relion_star_handler --select rlnOpticsGroup --minval G --maxval G)",
+                         table_path)
+    stated = float(stated["rlnImagePixelSize"].iloc[0]) if len(stated) else read_voxel_size(first_file)
+    if override is None and stated is None:
         raise InputError("no pixel size in the metadata or the MRC header; pass --apix", table_path)
-    return header
+    return (stated if override is None else override), stated
+
+
+def _checked_apix(apix: float | None) -> float | None:
+    """``apix`` as a float; :class:`InputError` unless it is None or a positive finite number of Å."""
+    if apix is not None and not (math.isfinite(apix) and apix > 0):
+        raise InputError(f"--apix {apix}: not a pixel size (a positive number of Å)")
+    return None if apix is None else float(apix)
+
+
+def _rescaled_origins(meta: pd.DataFrame, factor: float) -> pd.DataFrame:
+    """``meta`` with its shifts in Å (``rlnOriginX/Y/ZAngst``) multiplied by ``factor``."""
+    return meta.assign(**{c: meta[c] * factor for c in ORIGIN_COLUMNS if c in meta})

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from emgroup.errors import InputError
-from emgroup.io.mrc import open_stack, read_voxel_size
+from emgroup.io.mrc import open_volume
 from emgroup.io.star import format_image_name, optics_table, parse_image_name, read_star
 
 VOLUME_SUFFIXES = (".mrc", ".map", ".nii", ".nii.gz")
@@ -46,8 +46,8 @@ def _open_volumes(path: str):
         zooms = image.header.get_zooms()[:3]
         volumes = _NiftiVolumes(data)
         return volumes, float(zooms[0]) if zooms[0] > 0 else None
-    data = open_stack(path)
-    return data[np.newaxis], read_voxel_size(path)
+    data, voxel_size = open_volume(path)
+    return data[np.newaxis], voxel_size
 
 
 class _NiftiVolumes:

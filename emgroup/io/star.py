@@ -18,6 +18,9 @@ DEFAULT_OPTICS = {"rlnVoltage": 300.0, "rlnSphericalAberration": 2.7, "rlnAmplit
 OPTICS_COLUMNS = ["rlnOpticsGroup", "rlnOpticsGroupName", "rlnImagePixelSize", "rlnImageSize",
                   "rlnImageDimensionality", *DEFAULT_OPTICS]
 _INTEGER_OPTICS = ["rlnOpticsGroup", "rlnImageSize", "rlnImageDimensionality"]
+#: particle columns that must hold finite numbers when present: CTF parameters and poses (degrees, Å)
+FINITE_COLUMNS = ["rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift", "rlnCtfBfactor", "rlnAngleRot",
+                  "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst"]
 
 
 def optics_table(apix: float, box: int, voltage: float = 300.0, cs: float = 2.7,
@@ -58,19 +61,61 @@ def read_star(path) -> tuple[pd.DataFrame, pd.DataFrame]:
         if "rlnOpticsGroup" not in particles:
             particles["rlnOpticsGroup"] = int(optics["rlnOpticsGroup"].iloc[0])
     elif tables:
-        particles, optics = _split_relion30(next(iter(tables.values())).copy())
+        particles, optics = _split_relion30(next(iter(tables.values())).copy(), path)
     else:
         raise InputError("STAR file holds no table", path)
     for column in ("rlnImagePixelSize", "rlnImageSize"):
         if column not in optics:
             optics[column] = np.nan
-    optics = optics.astype({"rlnImagePixelSize": float, **{c: float for c in DEFAULT_OPTICS}})
-    return particles.reset_index(drop=True), optics.reset_index(drop=True)
+    particles, optics = particles.reset_index(drop=True), optics.reset_index(drop=True)
+    check_tables(particles, optics, path)
+    return particles, optics.astype({"rlnImagePixelSize": float, **{c: float for c in DEFAULT_OPTICS}})
 
 
-def _split_relion30(particles: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """RELION 3.0 pixel size (detector pixel / magnification) and shifts in Å, then :func:`split_optics`."""
+def check_tables(particles: pd.DataFrame, optics: pd.DataFrame, path) -> None:
+    """:class:`InputError` naming ``path`` for values no microscope gives: a pixel size that is not a positive
+    number (NaN means unknown and passes), a voltage that is not positive, a Cs or amplitude contrast out of range
+    (0 <= w < 1), a particle in an optics group the optics table does not define, or a CTF/pose column
+    (:data:`FINITE_COLUMNS`) holding NaN, Inf or text."""
+    limits = {"rlnImagePixelSize": ("a pixel size in Å", lambda v: np.isnan(v) | (v > 0) & np.isfinite(v)),
+              "rlnVoltage": ("a voltage in kV", lambda v: (v > 0) & np.isfinite(v)),
+              "rlnSphericalAberration": ("a spherical aberration in mm", np.isfinite),
+              "rlnAmplitudeContrast": ("an amplitude contrast", lambda v: (v >= 0) & (v < 1))}
+    groups = optics["rlnOpticsGroup"] if "rlnOpticsGroup" in optics else pd.Series(np.arange(1, len(optics) + 1))
+    for column, (meaning, valid) in limits.items():
+        values = pd.to_numeric(optics[column], errors="coerce").to_numpy(dtype=float)
+        bad = ~valid(values)
+        if bad.any():
+            first = int(np.argmax(bad))
+            raise InputError(f"optics group {groups.iloc[first]}: {column} {optics[column].iloc[first]} is not "
+                             f"{meaning}", path)
+    if "rlnOpticsGroup" in particles:
+        undefined = ~particles["rlnOpticsGroup"].isin(groups)
+        if undefined.any():
+            first = int(np.argmax(undefined))
+            raise InputError(f"particle {first + 1} is in optics group {particles['rlnOpticsGroup'].iloc[first]}, "
+                             f"which the optics table does not define (it has {', '.join(map(str, groups))})", path)
+    for column in FINITE_COLUMNS:
+        if column in particles:
+            bad = ~np.isfinite(pd.to_numeric(particles[column], errors="coerce").to_numpy(dtype=float))
+            if bad.any():
+                first = int(np.argmax(bad))
+                raise InputError(f"particle {first + 1} has {column} {particles[column].iloc[first]} (not a number)",
+                                 path)
+
+
+def _split_relion30(particles: pd.DataFrame, path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """RELION 3.0 pixel size (detector pixel / magnification) and shifts in Å, then :func:`split_optics`;
+    :class:`InputError` naming ``path`` for a detector pixel or magnification that is not a positive number."""
     if {"rlnDetectorPixelSize", "rlnMagnification"} <= set(particles):
+        for column in ("rlnDetectorPixelSize", "rlnMagnification"):
+            values = pd.to_numeric(particles[column], errors="coerce").to_numpy(dtype=float)
+            bad = ~((values > 0) & np.isfinite(values))
+            if bad.any():
+                first = int(np.argmax(bad))
+                raise InputError(f"particle {first + 1} has {column} {particles[column].iloc[first]}: the pixel size "
+                                 "(rlnDetectorPixelSize µm * 1e4 / rlnMagnification) would not be a positive number",
+                                 path)
         particles["rlnImagePixelSize"] = particles.pop("rlnDetectorPixelSize") * 1e4 / particles.pop("rlnMagnification")
         for axis in "XY":
             if f"rlnOrigin{axis}" in particles:
@@ -101,7 +146,7 @@ def write_star(path, particles: pd.DataFrame, optics: pd.DataFrame) -> None:
     """Write RELION 3.1 style (``data_optics`` + ``data_particles``), atomically.
 
     Missing voltage/Cs/amplitude contrast are filled with :data:`DEFAULT_OPTICS`; the optics table must
-    already carry the group, pixel size and image size. Particle columns are written as given.
+    already carry the group, pixel size and image size. Particle columns are written as given, each label once.
     """
     optics = optics.copy()
     for column, value in DEFAULT_OPTICS.items():
@@ -114,6 +159,9 @@ def write_star(path, particles: pd.DataFrame, optics: pd.DataFrame) -> None:
     missing = [c for c in OPTICS_COLUMNS if c not in optics or optics[c].isna().any()]
     if missing:
         raise ValueError(f"optics table lacks {missing}")
+    twice = sorted(set(particles.columns[particles.columns.duplicated()]))
+    if twice:  # RELION refuses the file ("more columns than the number of labels")
+        raise ValueError(f"particles table has labels twice: {twice}")
     optics[_INTEGER_OPTICS] = optics[_INTEGER_OPTICS].astype(int)
     optics = optics[OPTICS_COLUMNS + [c for c in optics if c not in OPTICS_COLUMNS]]
     with atomic_path(path) as tmp:

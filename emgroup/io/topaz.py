@@ -3,6 +3,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from emgroup.errors import InputError
@@ -30,4 +31,9 @@ def read_topaz(path) -> pd.DataFrame:
         raise InputError(f"non-numeric coordinate or score ({err})", path) from None
     if table.empty:
         raise InputError("no coordinates", path)
+    bad = ~np.isfinite(table[["x_coord", "y_coord"]].to_numpy()).all(axis=1)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise InputError(f"coordinate {first + 1} ({table['image_name'].iloc[first]}: x {table['x_coord'].iloc[first]}, "
+                         f"y {table['y_coord'].iloc[first]}) is not a number", path)
     return table

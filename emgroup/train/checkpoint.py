@@ -4,7 +4,8 @@ A run folder holds ``config.json`` (model name, every option, box, pixel size, p
 ``metrics.csv`` (one row per epoch) and ``checkpoints/last.pt`` (every epoch) / ``checkpoints/best.pt`` (on
 validation improvement). A checkpoint is a dict: ``model`` (state dict), ``optimizer``, ``scheduler``, ``scaler``
 (fp16 only), ``epoch`` (epochs completed), ``rng`` (per-rank RNG states), ``best`` (best monitored loss),
-``stale_epochs`` (epochs since it improved), ``history`` (the metrics rows so far) and ``config``.
+``stale_epochs`` (epochs since it improved), ``micro_batch`` (particles per micro-batch after running out of
+memory, or None), ``history`` (the metrics rows so far) and ``config``.
 """
 
 import json
@@ -65,12 +66,24 @@ def write_config(rundir, config: dict) -> None:
         tmp.write_text(json.dumps(config, indent=2) + "\n")
 
 
+#: what every config.json holds (see the module docstring of emgroup.train.trainer)
+CONFIG_KEYS = ("model", "options", "box", "apix", "particles")
+
+
 def read_config(rundir) -> dict:
-    """The config of the run in ``rundir``; :class:`InputError` when there is none."""
+    """The config of the run in ``rundir``; :class:`InputError` when there is none or it is not a run's config
+    (not JSON, or without :data:`CONFIG_KEYS`)."""
     path = Path(rundir) / CONFIG
     if not path.is_file():
         raise InputError(f"no {CONFIG} (not an emgroup run folder)", rundir)
-    return json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InputError(f"not a readable run config (not JSON: {err})", path) from None
+    missing = [key for key in CONFIG_KEYS if not isinstance(config, dict) or key not in config]
+    if missing or not isinstance(config["options"], dict):
+        raise InputError(f"not a run config (no {', '.join(missing or ['options'])} entry)", path)
+    return config
 
 
 def rng_state() -> dict:

@@ -9,13 +9,11 @@ continue bit for bit (model, optimizer, scheduler, RNG states of every process, 
 metrics so far).
 """
 
-import contextlib
 import dataclasses
 import math
 import random
 import shutil
-import signal
-import threading
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +25,11 @@ from tqdm import tqdm
 
 from emgroup import __version__
 from emgroup.data.ctf import DEFOCUS_LABELS, has_ctf
+from emgroup.data.stack import require_finite
 from emgroup.errors import InputError
 from emgroup.io.atomic import atomic_path
 from emgroup.models.registry import available, model_class
+from emgroup.signals import sigterm_interrupts
 from emgroup.train import distributed
 from emgroup.train.checkpoint import (CHECKPOINTS, CONFIG, METRICS, checkpoint_path, load_checkpoint, read_config,
                                       rng_state, save_checkpoint, set_rng_state, write_config)
@@ -125,6 +125,9 @@ class Trainer:
         self.train_sampler, self.train_loader = batch_loader(indices=train_idx, shuffle=True, **loader)
         self.val_sampler, self.val_loader = batch_loader(indices=val_idx, shuffle=False, **loader)
         self.epoch, self.best, self.stale_epochs, self.history = 0, math.inf, 0, []
+        #: epochs held by checkpoints/last.pt (None: no checkpoint yet); particles per micro-batch (None: whole
+        #: batches; set when memory runs out)
+        self.saved_epoch, self.micro_batch = None, None
 
     # --- state --------------------------------------------------------------------------------------------
 
@@ -133,7 +136,7 @@ class Trainer:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "epoch": self.epoch,
                 "rng": rng, "best": self.best, "stale_epochs": self.stale_epochs, "history": self.history,
-                "config": self.config}
+                "micro_batch": self.micro_batch, "config": self.config}
 
     def load_state(self, state: dict) -> None:
         """Continue from a checkpoint dict exactly where it was written."""
@@ -142,6 +145,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.best, self.stale_epochs = state["epoch"], state["best"], state["stale_epochs"]
+        self.saved_epoch, self.micro_batch = self.epoch, state.get("micro_batch")
         self.history = list(state["history"])
         rank, world = self.processes.rank, self.processes.world_size
         if len(state["rng"]) == world:
@@ -153,14 +157,29 @@ class Trainer:
 
     def fit(self) -> str:
         """Train until ``epochs`` or early stopping; returns why it stopped. SIGTERM acts like Ctrl-C
-        (KeyboardInterrupt): ``checkpoints/last.pt`` keeps the last complete epoch."""
+        (KeyboardInterrupt): ``checkpoints/last.pt`` keeps the last complete epoch (:attr:`saved_epoch`). A new
+        run that stops before its first checkpoint (interrupted, or bad data) leaves no run files behind.
+        :class:`InputError` for particles with NaN/Inf pixels and for a loss that turns NaN/Inf; neither
+        touches a checkpoint."""
         settings = self.settings
-        with _sigterm_interrupts():
-            while self.epoch < settings.epochs:
-                if self.stale_epochs >= settings.early_stop:
-                    return f"stopped early: no improvement for {settings.early_stop} epochs"
-                self._epoch()
+        try:
+            with sigterm_interrupts():
+                while self.epoch < settings.epochs:
+                    if self.stale_epochs >= settings.early_stop:
+                        return f"stopped early: no improvement for {settings.early_stop} epochs"
+                    self._epoch()
+        except BaseException:
+            if self.saved_epoch is None and self.processes.main:
+                self._remove_run_files()
+            raise
         return f"finished {settings.epochs} epochs"
+
+    def _remove_run_files(self) -> None:
+        """Delete what this new run wrote: ``config.json``, ``metrics.csv`` and ``checkpoints/`` (a ``best.pt``
+        written just before the interruption, with no ``last.pt`` to resume from)."""
+        for name in (CONFIG, METRICS):
+            (self.rundir / name).unlink(missing_ok=True)
+        shutil.rmtree(self.rundir / CHECKPOINTS, ignore_errors=True)
 
     def _epoch(self) -> None:
         self.model.on_epoch_start(self.epoch)
@@ -170,6 +189,13 @@ class Trainer:
         train = self._pass(self.train_loader, self.train_sampler, train=True)
         train_seconds = time.perf_counter() - start
         val = self._pass(self.val_loader, self.val_sampler, train=False) if len(self.val_sampler) else {}
+        for kind, terms in (("training", train), ("validation", val)):
+            if not all(map(math.isfinite, terms.values())):
+                kept = (f"checkpoints/last.pt keeps epoch {self.saved_epoch}" if self.saved_epoch is not None
+                        else "no checkpoint was written")
+                raise InputError(f"the {kind} loss of epoch {self.epoch + 1} is {terms['loss']} with finite "
+                                 f"particles: training diverged (try a smaller --lr, or --precision fp32); {kept}",
+                                 self.rundir)
         monitored = (val or train)["loss"]
         self.scheduler.step(monitored)
         improved = math.isinf(self.best) or monitored < self.best - MIN_IMPROVEMENT * abs(self.best)
@@ -186,6 +212,7 @@ class Trainer:
             if improved:
                 save_checkpoint(checkpoint_path(self.rundir, "best"), state)
             save_checkpoint(checkpoint_path(self.rundir, "last"), state)
+            self.saved_epoch = self.epoch
             self.write_metrics()
             if self.progress:
                 tqdm.write(f"epoch {self.epoch}: " + "  ".join(
@@ -200,25 +227,71 @@ class Trainer:
                    disable=not (train and self.progress and self.processes.main))
         with bar, torch.set_grad_enabled(train):
             for step, batch in enumerate(loader):
+                require_finite(self.stack, batch["index"].numpy(), batch["images"].numpy())
                 batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
                 n = len(batch["index"])
-                with torch.autocast(self.device.type, self.autocast_dtype, enabled=self.autocast_dtype is not None):
-                    terms = self.loss_module(batch) if train else self.model.loss(batch)
-                if train:
-                    # DDP averages gradients over processes: weight each share so the result is the gradient
-                    # of the mean over the global batch, as one process would compute it
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self.scaler.scale(terms["loss"] * (n * world / sizes[step])).backward()
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
+                # DDP averages gradients over processes: weight each share so the result is the gradient of the
+                # mean over the global batch, as one process would compute it
+                terms = self._step(batch, train, weight=world / sizes[step])
                 names = names or list(terms)
-                sums = sums + torch.stack([terms[name].detach().double() for name in names]) * n
+                sums = sums + torch.stack([terms[name] for name in names]) * n
                 count += n
                 bar.update(sizes[step])
                 if step % 10 == 0 and not bar.disable:
                     bar.set_postfix(loss=f"{terms['loss'].item():.5g}")
         totals = distributed.all_sum(torch.cat([sums, torch.tensor([count], device=sums.device)]))
         return {name: (totals[i] / totals[-1]).item() for i, name in enumerate(names)}
+
+    def _step(self, batch: dict, train: bool, weight: float) -> dict:
+        """The loss terms of ``batch`` (means over its particles, detached) and, when training, one optimizer step
+        on the gradient of ``weight`` x the sum of the particles' losses. The batch goes through the model in
+        micro-batches of :attr:`micro_batch` particles (whole when None) whose gradients add up; when memory runs
+        out, the micro-batch is halved, the log says so, and the step is done again."""
+        while True:
+            try:
+                return self._accumulated_step(batch, train, weight)
+            except RuntimeError as err:
+                if not _out_of_memory(err):
+                    raise
+                problem = str(err).strip().splitlines()[0]
+            self._halve_micro_batch(len(batch["index"]), problem)  # out of the except: the failed step is freed
+
+    def _accumulated_step(self, batch: dict, train: bool, weight: float) -> dict:
+        n = len(batch["index"])
+        size = min(self.micro_batch or n, n)
+        if train:
+            self.optimizer.zero_grad(set_to_none=True)
+        sums = None
+        for start in range(0, n, size):
+            part = {key: value[start:start + size] for key, value in batch.items()}
+            m = len(part["index"])
+            with torch.autocast(self.device.type, self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                terms = self.loss_module(part) if train else self.model.loss(part)
+            if train:
+                self.scaler.scale(terms["loss"] * (m * weight)).backward()
+            values = {name: term.detach().double() * m for name, term in terms.items()}
+            sums = values if sums is None else {name: sums[name] + values[name] for name in sums}
+        if train:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        return {name: total / n for name, total in sums.items()}
+
+    def _halve_micro_batch(self, n: int, problem: str) -> None:
+        """After running out of memory on ``n`` particles at a time: half as many per micro-batch, announced."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        current = min(self.micro_batch or n, n)
+        if current == 1 or self.processes.world_size > 1:
+            why = ("even with one particle at a time" if current == 1 else
+                   f"with {current} particles at a time in process {self.processes.rank} (micro-batches are not "
+                   "coordinated across torchrun processes: lower --batch-size)")
+            raise InputError(f"out of memory on {self.device} {why} ({problem})")
+        self.micro_batch = (current + 1) // 2
+        if self.processes.main:
+            tqdm.write(f"out of memory on {self.device} with {current} particles at a time ({problem}); continuing "
+                       f"with micro-batches of {self.micro_batch}, gradients accumulated over each batch of "
+                       f"{self.settings.batch_size} (the same optimisation steps)", file=sys.stderr)
 
     def write_metrics(self) -> None:
         """``metrics.csv`` from the history, atomically."""
@@ -237,21 +310,11 @@ class _LossOf(torch.nn.Module):
         return self.model.loss(batch)
 
 
-@contextlib.contextmanager
-def _sigterm_interrupts():
-    """Within the block, SIGTERM raises KeyboardInterrupt (like Ctrl-C) in the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def _out_of_memory(err: RuntimeError) -> bool:
+    """Whether ``err`` is torch running out of memory (CUDA: ``torch.OutOfMemoryError``; CPU: a RuntimeError
+    from the allocator)."""
+    text = str(err).lower()
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -329,6 +392,9 @@ def resume_run(rundir, changes: dict | None = None, *, particles=None, model: st
             raise InputError(f"{_flag(name)} {value} differs from the run's {stored.get(name)}; a resumed run "
                              f"keeps its options (only {', '.join(map(_flag, RESUME_MAY_CHANGE))} may change)",
                              rundir)
+    missing = [f.name for f in dataclasses.fields(TrainSettings) if f.name not in {**stored, **given}]
+    if missing:
+        raise InputError(f"not a run config (its options lack {', '.join(missing)})", rundir / CONFIG)
     settings = TrainSettings(**{f.name: given.get(f.name, stored[f.name]) for f in dataclasses.fields(TrainSettings)})
     state = load_checkpoint(checkpoint_path(rundir, "last"))
     stack = open_particles(config["particles"], model_class(config["model"]).data_ndim(stored), config.get("root"))
