@@ -43,7 +43,8 @@ def test_short_training_lowers_the_loss_and_writes_the_run(run_emgroup, tiny_par
     assert (config["model"], config["box"], config["apix"]) == ("spatial", 16, 7.0)
     assert config["particles"] == str(tiny_particles.resolve())
     defaults = dataclasses.asdict(SpatialVAE.Config())
-    assert config["options"] == {**defaults, "hidden": 32, "epochs": 5, "batch_size": 25, "lr": 3e-3, "seed": 0,
+    # the particles carry defocus: the CTF is modelled without being asked
+    assert config["options"] == {**defaults, "ctf": True, "hidden": 32, "epochs": 5, "batch_size": 25, "lr": 3e-3, "seed": 0,
                                  "device": "auto", "num_workers": 0, "precision": "fp32", "val_fraction": None,
                                  "plateau_patience": 10, "early_stop": 20}
     assert config["version"]

@@ -69,7 +69,7 @@ def _train_in(rundir, particles, model, resume, force, root, progress, options):
         trainer = new_run(particles, rundir, model, model_options, settings, root=root, force=force,
                           progress=progress)
     main = trainer.processes.main
-    if main:
+    if main and progress:  # config.json records it too
         click.echo("CTF: " + ("each generated image is multiplied by its particle's CTF (rlnDefocusU/V/Angle)"
                               if trainer.model.uses_ctf else "not modelled"), err=True)
     if main and trainer.settings.precision != "fp32" and trainer.autocast_dtype is None:
