@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from emgroup.data.ctf import stack_ctf_parameters
 from emgroup.data.poses import matrix_to_euler, relion_from_model
 from emgroup.data.stack import require_finite
 from emgroup.models.so3 import quaternion_to_matrix
@@ -39,7 +40,8 @@ def encode_stack(model, stack, store, batch_size: int = 256, device="cpu",
     with torch.inference_mode(), tqdm(total=n, desc="encoding", unit="particle", disable=not progress) as bar:
         for indices, images in stack.iter_chunks(batch_size):
             require_finite(stack, indices, images)
-            encoding = model.encode(torch.from_numpy(images).to(device))
+            ctf = (torch.from_numpy(stack_ctf_parameters(stack, indices)).to(device) if model.uses_ctf else None)
+            encoding = model.encode(torch.from_numpy(images).to(device), ctf)
             for name, value in encoding.items():
                 value = value.float().cpu().numpy()
                 per_particle = value.ndim > 0 and len(value) == len(indices)

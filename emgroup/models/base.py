@@ -91,9 +91,10 @@ class Model(nn.Module):
         """Scalar loss terms; ``"loss"`` is the total to minimise (per particle, averaged over the batch)."""
         raise NotImplementedError
 
-    def encode(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def encode(self, images: torch.Tensor, ctf_parameters: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Deterministic inference: ``z`` (N, k) latent means, ``z_std`` (N, k), and the pose entries the model
-        has (``theta``, ``shift``, ``rotation``) plus any model-specific posteriors (e.g. ``q_tr``)."""
+        has (``theta``, ``shift``, ``rotation``) plus any model-specific posteriors (e.g. ``q_tr``).
+        ``ctf_parameters`` (N, 9): each image's CTF, given when the model uses the CTF (:attr:`uses_ctf`)."""
         raise NotImplementedError
 
     def decode(self, latent: dict[str, torch.Tensor]) -> torch.Tensor:

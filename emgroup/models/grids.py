@@ -45,8 +45,10 @@ def wrap_angle(theta: torch.Tensor) -> torch.Tensor:
     return torch.remainder(theta + math.pi, 2 * math.pi) - math.pi
 
 
-def resample_images(images: torch.Tensor, theta=None, shift_px=None, mode: str = "bilinear") -> torch.Tensor:
-    """Batched, on-device ``out(x) = images(R(theta) @ x + shift)``: (N, D, D) -> (N, D, D), zeros outside.
+def resample_images(images: torch.Tensor, theta=None, shift_px=None, mode: str = "bilinear",
+                    padding: str = "zeros") -> torch.Tensor:
+    """Batched, on-device ``out(x) = images(R(theta) @ x + shift)``: (N, D, D) -> (N, D, D), zeros outside
+    (``padding="border"``: the nearest border pixel's value).
 
     theta (N,) radians, shift_px (N, 2) pixels (x, y). With the pose of a particle this renders it from its
     canonical image; with (-theta, -R(-theta) @ shift) it undoes the pose.
@@ -56,6 +58,18 @@ def resample_images(images: torch.Tensor, theta=None, shift_px=None, mode: str =
     # grid_sample (align_corners=False) puts pixel i at (2 i + 1) / D - 1; ours is (i - D // 2) * 2 / D
     coords = coords + (2 * (box // 2) + 1 - box) / box
     out = torch.nn.functional.grid_sample(images[:, None], coords.reshape(n, box, box, 2), mode=mode,
-                                          padding_mode="zeros", align_corners=False)
+                                          padding_mode=padding, align_corners=False)
     return out[:, 0]
 
+
+
+def canonical_centroid(images: torch.Tensor, theta=None, shift_px=None) -> torch.Tensor:
+    """(N, 2) px (x, y): the centroid of each image's positive density (N, D, D), drawn in the pose (theta (N,)
+    rad, shift (N, 2) px), in the canonical frame: an image point x is the canonical point ``R(theta) x + shift``."""
+    box = images.shape[-1]
+    weight = images.clamp(min=0).flatten(1)
+    centroid = weight @ (coordinate_grid(box, images.device, weight.dtype) / pixel_size(box))
+    centroid = centroid / weight.sum(1, keepdim=True).clamp(min=1e-6)
+    if theta is not None:
+        centroid = (rotation_matrix(theta) @ centroid[..., None])[..., 0]
+    return centroid if shift_px is None else centroid + shift_px

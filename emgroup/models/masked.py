@@ -218,7 +218,7 @@ class MaskedGroupAction(Model):
 
     # --- the interface and the helpers for analysis -------------------------------------------------------
 
-    def encode(self, images):
+    def encode(self, images, ctf_parameters=None):
         """``z`` (N, k) the flattened latent (k = C * h * w[* l], or C * 2|3 for the vector action), ``z_std``
         zeros (deterministic), ``mask`` (N, C) the channel mask (1 = acted on; the same for every row), and the
         flattened ``z_v``, ``z_i``."""

@@ -19,9 +19,12 @@ import torch
 from emgroup.models import losses
 from emgroup.models.base import Model, option
 from emgroup.models.generator import CoordinateGenerator
-from emgroup.models.grids import coordinate_grid, resample_images, transform_grid, wrap_angle
+from emgroup.models.grids import canonical_centroid, coordinate_grid, resample_images, transform_grid, wrap_angle
 from emgroup.models.mlp import MLPConfig, mlp, noise_log_sigma, sample_gaussian
+from emgroup.models.pose_search import search_inplane_pose
 
+#: weight of each batch in the running mean of the object's centroid (--pose-search)
+CENTRE_MOMENTUM = 0.1
 #: width (radians) of the angle term of the modified KL when the angle has no prior mean (the paper's default)
 UNIFORM_THETA_WIDTH = math.pi
 
@@ -50,6 +53,10 @@ class SpatialVAEConfig(MLPConfig):
     augment_rotation: bool = option(False, "Rotate each encoder input by a random angle in [-180, 180) degrees "
                                     "(batched, on the device) and subtract it from the predicted angle.")
     freeze_z_epochs: int = option(0, "Number of first epochs with z held at 0 (the pose is learned first).")
+    pose_search: int = option(64, "Infer each particle's pose by exhaustive search: the best of this many in-plane "
+                              "angles x every whole-pixel shift within 3 --shift-sigma of the decoded image, scored "
+                              "by the likelihood with the CTF and the priors (the encoder then infers z only); 0: "
+                              "the paper's pose from the encoder, q(theta) and q(t).")
 
 
 class SpatialVAE(Model):
@@ -59,22 +66,28 @@ class SpatialVAE(Model):
     def __init__(self, config: SpatialVAEConfig, box: int):
         super().__init__(config, box)
         self.theta_prior = parse_theta_prior(config.theta_prior)
-        n_pose = 2 * (int(config.rotation) + 2 * int(config.translation))  # means and log-stds
+        # means and log-stds of the pose, when the encoder infers it
+        n_pose = 0 if config.pose_search else 2 * (int(config.rotation) + 2 * int(config.translation))
         self.encoder = mlp(box * box, config.hidden, config.layers, 2 * config.z_dim + n_pose)
         self.generator = CoordinateGenerator(config.z_dim, config.hidden, config.layers, "tanh")
         self.log_sigma = noise_log_sigma(config.likelihood)
         self.register_buffer("grid", coordinate_grid(box), persistent=False)
+        #: with --pose-search, where the generator draws the object's centroid (px, x y; a running mean)
+        self.register_buffer("centre", torch.zeros(2))
         self.z_frozen = False
 
     def on_epoch_start(self, epoch):
         self.z_frozen = epoch < self.config.freeze_z_epochs
 
     def _posterior(self, images):
-        """(mean, log-std) of z (N, k), theta (N,) rad and shift (N, 2) px; None for a pose not inferred."""
+        """(mean, log-std) of z (N, k), theta (N,) rad and shift (N, 2) px; None for a pose the encoder does not
+        infer (not inferred, or searched)."""
         out = self.encoder(images.flatten(1))
         k = self.config.z_dim
         post = {"z": (out[:, :k], out[:, k:2 * k]), "theta": None, "shift": None}
         rest = out[:, 2 * k:]
+        if self.config.pose_search:
+            return post
         if self.config.rotation:
             post["theta"], rest = (rest[:, 0], rest[:, 1]), rest[:, 2:]
         if self.config.translation:  # predicted in prior-std units, reported in pixels
@@ -85,21 +98,37 @@ class SpatialVAE(Model):
     def _render(self, z, theta=None, shift=None):
         """Generator output (logits or means) (N, D, D) in the pose (theta, shift); canonical where None."""
         n = z.shape[0]
+        if self.config.pose_search:  # poses are relative to the object's centroid
+            shift = self.centre.expand(n, 2) if shift is None else shift + self.centre
         coords = (self.grid.expand(n, *self.grid.shape) if theta is None and shift is None
                   else transform_grid(self.grid, theta, shift))
         return self.generator(coords, z).view(n, self.box, self.box)
 
+    def _search_pose(self, z, images, ctf_parameters):
+        """(theta (N,) rad, shift (N, 2) px) of ``images`` by :func:`search_inplane_pose` on the canonical images
+        the generator draws at ``z``; theta 0 without --rotation, shift 0 without --translation."""
+        c = self.config
+        with torch.no_grad():
+            canonical = self._render(z)
+        prior = None if self.theta_prior is None else lambda t: -0.5 * (wrap_angle(t) / self.theta_prior) ** 2
+        return search_inplane_pose(canonical, images, c.likelihood, self.log_sigma,
+                                   ctf_parameters if self.uses_ctf else None, c.pose_search if c.rotation else 1,
+                                   prior, c.shift_sigma if c.translation else None, 3 * c.shift_sigma)
+
     def loss(self, batch):
         images = batch["images"]
         gamma = None
-        if self.config.augment_rotation and self.config.rotation and self.training:
+        if self.config.augment_rotation and (self.config.rotation or self.config.pose_search) and self.training:
             gamma = (torch.rand(images.shape[0], device=images.device) * 2 - 1) * math.pi
-        # rotating the input by gamma turns a particle of pose (theta, t) into one of pose (theta + gamma, t)
+        # rotating the input by gamma turns a particle of pose (theta, t) into one of pose (theta + gamma, t); with
+        # the pose searched, it teaches the z encoder that z does not depend on the angle
         post = self._posterior(images if gamma is None else resample_images(images, gamma))
         mu, logstd = post["z"]
         z = torch.zeros_like(mu) if self.z_frozen else sample_gaussian(mu, logstd)
         kl = {"kl_z": torch.zeros_like(mu).sum(1) if self.z_frozen else losses.gaussian_kl(mu, logstd).sum(1)}
         theta = shift = None
+        if self.config.pose_search:
+            theta, shift = self._search_pose(z, images, batch.get("ctf_parameters"))
         if post["theta"] is not None:
             mu, logstd = post["theta"]
             mu = mu if gamma is None else mu - gamma
@@ -110,19 +139,29 @@ class SpatialVAE(Model):
             mu, logstd = post["shift"]
             shift = sample_gaussian(mu, logstd)
             kl["kl_shift"] = losses.gaussian_kl(mu, logstd, 0.0, self.config.shift_sigma).sum(1)
-        recon = losses.image_nll(self.config.likelihood, self.observed(self._render(z, theta, shift), batch), images,
-                                 self.log_sigma)
+        output = self._render(z, theta, shift)
+        if self.config.pose_search and self.config.translation and self.training:
+            with torch.no_grad():  # the generator draws the object anywhere: follow its centroid
+                centroid = canonical_centroid(losses.mean_image(self.config.likelihood, output), theta,
+                                              shift + self.centre)
+                self.centre.lerp_(centroid.mean(0), CENTRE_MOMENTUM)
+        recon = losses.image_nll(self.config.likelihood, self.observed(output, batch), images, self.log_sigma)
         terms = {"recon": recon.mean(), "kl": sum(kl.values()).mean(), **{k: v.mean() for k, v in kl.items()}}
         return {"loss": terms["recon"] + terms["kl"], **terms}
 
-    def encode(self, images):
+    def encode(self, images, ctf_parameters=None):
         """Posterior means and stds: z, z_std (N, k); theta, theta_std (N,) rad (theta wrapped to [-pi, pi));
-        shift, shift_std (N, 2) px (x, y) — the pose entries only when inferred."""
+        shift, shift_std (N, 2) px (x, y) — the pose entries only when inferred. With --pose-search, theta and
+        shift are the searched pose (no std) at the mean z, seen through the CTF of ``ctf_parameters``."""
         post = self._posterior(images)
         latent = {}
         for name, value in post.items():
             if value is not None:
                 latent[name], latent[f"{name}_std"] = value[0], torch.exp(value[1])
+        if self.config.pose_search:
+            theta, shift = self._search_pose(latent["z"], images, ctf_parameters)
+            latent |= ({"theta": theta} if self.config.rotation else {}) | (
+                {"shift": shift} if self.config.translation else {})
         if "theta" in latent:
             latent["theta"] = wrap_angle(latent["theta"])
         return latent

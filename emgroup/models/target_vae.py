@@ -170,7 +170,7 @@ class TargetVAE(Model):
         terms = {"recon": recon.mean(), "kl": sum(kl.values()).mean(), **{k: v.mean() for k, v in kl.items()}}
         return {"loss": terms["recon"] + terms["kl"], **terms}
 
-    def encode(self, images):
+    def encode(self, images, ctf_parameters=None):
         """At the most probable cell (t, r): ``z``, ``z_std`` (N, k); ``theta``, ``theta_std`` (N,) rad (theta in
         [-pi, pi)); ``shift`` (N, 2) px (x, y). Also ``q_tr`` (N, r, H, W), the posterior over the cells."""
         post = self._posterior(images)

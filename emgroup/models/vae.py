@@ -37,7 +37,7 @@ class VAE(Model):
         kl = losses.gaussian_kl(mu, logstd).sum(1).mean()
         return {"loss": recon + self.config.beta * kl, "recon": recon, "kl": kl}
 
-    def encode(self, images):
+    def encode(self, images, ctf_parameters=None):
         """Posterior means ``z`` and stds ``z_std`` (N, k)."""
         mu, logstd = self.encoder(images.flatten(1)).chunk(2, dim=1)
         return {"z": mu, "z_std": logstd.exp()}
