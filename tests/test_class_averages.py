@@ -1,5 +1,6 @@
 """Class averages: undoing known poses recovers the canonical images, through the same STAR code path as analyze,
-and RELION applying the written poses itself gives the same averages (pins psi and origin signs to RELION's)."""
+and RELION applying the written poses itself gives the same averages (pins psi and origin signs to RELION's); with
+the CTF, the Wiener average shows the particles before the microscope."""
 
 import subprocess
 
@@ -11,6 +12,7 @@ import pytest
 from emgroup.analysis.class_averages import class_averages
 from emgroup.analysis.metrics import image_correlation
 from emgroup.analysis.pipeline import particles_table
+from emgroup.ctf import ctf_parameters, ctf_rfft
 from emgroup.data.poses import model_from_relion
 from emgroup.data.stack import ParticleStack, write_particles
 from emgroup.data.transforms import transform_images
@@ -81,3 +83,27 @@ def test_relion_applying_our_written_poses_reproduces_our_class_averages(posed_p
     aligned = mrcfile.read("aligned.mrcs")
     relion = np.stack([aligned[labels == k].mean(0) for k in range(3)])
     assert np.all(image_correlation(relion, ours) >= 0.95)
+
+
+def test_with_their_ctfs_the_averages_are_the_particles_before_the_microscope(tmp_path, monkeypatch):
+    """Particles seen through astigmatic CTFs of varied defocus: the Wiener average (each aligned image's CTF
+    turned with it) recovers the canonical images; the plain average of CTF-filtered images does not."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(1)
+    canonical, per_class = canonical_images(), 40
+    labels = np.repeat(np.arange(3), per_class)
+    theta, shift = rng.uniform(-np.pi, np.pi, labels.size), rng.integers(-2, 3, (labels.size, 2)).astype(float)
+    defocus = rng.uniform(8000, 25000, labels.size)
+    parameters = ctf_parameters(APIX, defocus, defocus - 1500, rng.uniform(-90, 90, labels.size), 300.0, 2.7, 0.1)
+    images = np.fft.irfft2(np.fft.rfft2(transform_images(canonical[labels], theta, shift))
+                           * ctf_rfft(BOX, parameters).numpy(), s=(BOX, BOX))
+    encoding = {"z": rng.normal(size=(labels.size, 2)), "theta": theta, "shift": shift}
+    meta = particles_table(pd.DataFrame({"rlnDefocusU": parameters[:, 0], "rlnDefocusV": parameters[:, 1],
+                                         "rlnDefocusAngle": parameters[:, 2]}), encoding, labels, APIX)
+    write_particles("particles.star", [images.astype(np.float32)], meta, optics_table(APIX, BOX), APIX)
+    stack = ParticleStack.open("particles.star")
+    inside = np.hypot(*(np.mgrid[:BOX, :BOX] - BOX // 2)) < BOX // 2 - 4
+    corrected, _ = class_averages(stack, labels, *star_pose(stack), 3, progress=False, ctf=True)
+    plain, _ = class_averages(stack, labels, *star_pose(stack), 3, progress=False)
+    corrected, plain = (image_correlation(a * inside, canonical * inside) for a in (corrected, plain))
+    assert np.all(corrected > 0.95) and np.all(plain < 0.85) and np.all(corrected > plain + 0.15)

@@ -240,7 +240,7 @@ def test_micro_batches_take_the_same_optimisation_step(tiny_particles, tmp_path,
     batch's gradient: the model's loss here draws no noise, so the two must agree to rounding."""
     def mean_squared_error(self, batch):
         images = batch["images"]
-        error = ((self.decode(self.encode(images)) - images) ** 2).flatten(1).mean(1).mean()
+        error = ((self.decode(self.encode(images, batch["ctf_parameters"])) - images) ** 2).flatten(1).mean(1).mean()
         return {"loss": error, "recon": error}
 
     monkeypatch.setattr(VAE, "loss", mean_squared_error)

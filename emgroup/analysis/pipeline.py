@@ -87,7 +87,7 @@ def analyze(model, stack, outdir, rundir=None, options: Options | None = None) -
         _store_analysis(h5, table, clusters, stack, options)
     theta, shift = inplane_pose(encoding, n)
     averages, counts = class_averages(stack, clusters.labels, theta, shift, clusters.n_clusters,
-                                      options.batch_size, options.progress)
+                                      options.batch_size, options.progress, ctf=model.uses_ctf)
     decoded_centres = decode_latents(model, clusters.centres, options.device)
     write_star(outdir / "particles.star", table, stack.optics)
     write_cs(outdir / "particles.cs", table, stack.optics, stack.records)

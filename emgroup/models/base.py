@@ -84,6 +84,13 @@ class Model(nn.Module):
         when the model uses the CTF, else unchanged."""
         return apply_ctf(images, ctf_rfft(self.box, batch["ctf_parameters"])) if self.uses_ctf else images
 
+    def encoder_input(self, images: torch.Tensor, ctf_parameters: torch.Tensor | None) -> torch.Tensor:
+        """What the encoder sees: the images (N, D, D), phase-flipped (times the sign of each CTF in Fourier space)
+        when the model uses the CTF, so that a particle's contrast does not change sign with its defocus."""
+        if not self.uses_ctf:
+            return images
+        return apply_ctf(images, torch.sign(ctf_rfft(self.box, ctf_parameters))).to(images.dtype)
+
     def on_epoch_start(self, epoch: int) -> None:
         """Hook for schedules that depend on the epoch (e.g. spatial-VAE's frozen z). Epochs count from 0."""
 

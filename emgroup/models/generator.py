@@ -10,7 +10,11 @@ import math
 import torch
 from torch import nn
 
+from emgroup.models.grids import canonical_centroid, pixel_size
+
 ACTIVATIONS = {"tanh": nn.Tanh, "leaky_relu": lambda: nn.LeakyReLU(0.2)}
+#: weight of each batch in the running mean of the object's centroid (:meth:`CoordinateGenerator.follow_centroid`)
+CENTRE_MOMENTUM = 0.1
 
 
 #: rows (pixels of all images) per block of :class:`FourierLinear`: on the CPU a block's (rows, features) phases
@@ -90,6 +94,9 @@ class CoordinateGenerator(nn.Module):
                  fourier_features: int = 0, fourier_sigma: float = 0.04):
         super().__init__()
         self.hidden = hidden
+        #: where the generator draws the object's centroid, normalized (x, y): added to every coordinate, so that
+        #: poses are relative to the object (a running mean kept by :meth:`follow_centroid`; 0 unless followed)
+        self.register_buffer("centre", torch.zeros(2))
         self.coords = (FourierLinear(fourier_features, fourier_sigma, hidden) if fourier_features
                        else nn.Linear(2, hidden))
         self.latent = nn.Linear(z_dim, hidden, bias=False) if z_dim > 0 else None
@@ -99,7 +106,19 @@ class CoordinateGenerator(nn.Module):
             body += [nn.Linear(hidden, hidden), act()]
         self.body = nn.Sequential(*body, nn.Linear(hidden, 1))
 
+    def follow_centroid(self, images: torch.Tensor, theta, shift_px) -> None:
+        """Move :attr:`centre` a step (``CENTRE_MOMENTUM``) towards the centroid of the object in ``images``
+        (N, D, D) (non-negative: means or probabilities) drawn in the pose (theta (N,) rad, shift (N, 2) px).
+        Models whose poses are inferred by position (TARGET-VAE's attention, spatial-VAE's pose search) follow it:
+        nothing else keeps the generator from drawing the object off the frame's origin, which would turn the
+        inferred shifts with the angle."""
+        box = images.shape[-1]
+        with torch.no_grad():
+            centroid = canonical_centroid(images.float(), theta, shift_px).mean(0) * pixel_size(box)
+            self.centre.add_(centroid, alpha=CENTRE_MOMENTUM)
+
     def forward(self, coords: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        coords = coords + self.centre
         shift = self.latent(z) if self.latent is not None else coords.new_zeros(len(coords), self.hidden)
         if isinstance(self.coords, FourierLinear):
             h = self.coords(coords, shift)

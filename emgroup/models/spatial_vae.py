@@ -19,12 +19,10 @@ import torch
 from emgroup.models import losses
 from emgroup.models.base import Model, option
 from emgroup.models.generator import CoordinateGenerator
-from emgroup.models.grids import canonical_centroid, coordinate_grid, resample_images, transform_grid, wrap_angle
+from emgroup.models.grids import coordinate_grid, resample_images, transform_grid, wrap_angle
 from emgroup.models.mlp import MLPConfig, mlp, noise_log_sigma, sample_gaussian
 from emgroup.models.pose_search import search_inplane_pose
 
-#: weight of each batch in the running mean of the object's centroid (--pose-search)
-CENTRE_MOMENTUM = 0.1
 #: width (radians) of the angle term of the modified KL when the angle has no prior mean (the paper's default)
 UNIFORM_THETA_WIDTH = math.pi
 
@@ -72,8 +70,6 @@ class SpatialVAE(Model):
         self.generator = CoordinateGenerator(config.z_dim, config.hidden, config.layers, "tanh")
         self.log_sigma = noise_log_sigma(config.likelihood)
         self.register_buffer("grid", coordinate_grid(box), persistent=False)
-        #: with --pose-search, where the generator draws the object's centroid (px, x y; a running mean)
-        self.register_buffer("centre", torch.zeros(2))
         self.z_frozen = False
 
     def on_epoch_start(self, epoch):
@@ -98,8 +94,6 @@ class SpatialVAE(Model):
     def _render(self, z, theta=None, shift=None):
         """Generator output (logits or means) (N, D, D) in the pose (theta, shift); canonical where None."""
         n = z.shape[0]
-        if self.config.pose_search:  # poses are relative to the object's centroid
-            shift = self.centre.expand(n, 2) if shift is None else shift + self.centre
         coords = (self.grid.expand(n, *self.grid.shape) if theta is None and shift is None
                   else transform_grid(self.grid, theta, shift))
         return self.generator(coords, z).view(n, self.box, self.box)
@@ -122,7 +116,8 @@ class SpatialVAE(Model):
             gamma = (torch.rand(images.shape[0], device=images.device) * 2 - 1) * math.pi
         # rotating the input by gamma turns a particle of pose (theta, t) into one of pose (theta + gamma, t); with
         # the pose searched, it teaches the z encoder that z does not depend on the angle
-        post = self._posterior(images if gamma is None else resample_images(images, gamma))
+        seen = self.encoder_input(images, batch.get("ctf_parameters"))
+        post = self._posterior(seen if gamma is None else resample_images(seen, gamma))
         mu, logstd = post["z"]
         z = torch.zeros_like(mu) if self.z_frozen else sample_gaussian(mu, logstd)
         kl = {"kl_z": torch.zeros_like(mu).sum(1) if self.z_frozen else losses.gaussian_kl(mu, logstd).sum(1)}
@@ -141,10 +136,7 @@ class SpatialVAE(Model):
             kl["kl_shift"] = losses.gaussian_kl(mu, logstd, 0.0, self.config.shift_sigma).sum(1)
         output = self._render(z, theta, shift)
         if self.config.pose_search and self.config.translation and self.training:
-            with torch.no_grad():  # the generator draws the object anywhere: follow its centroid
-                centroid = canonical_centroid(losses.mean_image(self.config.likelihood, output), theta,
-                                              shift + self.centre)
-                self.centre.lerp_(centroid.mean(0), CENTRE_MOMENTUM)
+            self.generator.follow_centroid(losses.mean_image(self.config.likelihood, output), theta, shift)
         recon = losses.image_nll(self.config.likelihood, self.observed(output, batch), images, self.log_sigma)
         terms = {"recon": recon.mean(), "kl": sum(kl.values()).mean(), **{k: v.mean() for k, v in kl.items()}}
         return {"loss": terms["recon"] + terms["kl"], **terms}
@@ -153,7 +145,7 @@ class SpatialVAE(Model):
         """Posterior means and stds: z, z_std (N, k); theta, theta_std (N,) rad (theta wrapped to [-pi, pi));
         shift, shift_std (N, 2) px (x, y) — the pose entries only when inferred. With --pose-search, theta and
         shift are the searched pose (no std) at the mean z, seen through the CTF of ``ctf_parameters``."""
-        post = self._posterior(images)
+        post = self._posterior(self.encoder_input(images, ctf_parameters))
         latent = {}
         for name, value in post.items():
             if value is not None:

@@ -11,9 +11,12 @@ centre D // 2); in the pose convention ``image(x) = canonical(R(theta) x + shift
 The fine offset delta is predicted in the frame of rotation r, which keeps the encoder equivariant.
 
 KL = KL(q(t, r) || p(t, r)) + sum_{t,r} q(t, r) (KL_theta + KL_z + KL_delta), with p(t, r) a softmax over the
-cells of log N(grid(t); 0, shift_sigma^2) + log p(r) (uniform, or a normal at the wrapped group angles),
-p(theta | r) = N(alpha_r, (pi / r)^2), p(z) = N(0, I), p(delta) = N(0, SUBPIXEL_SIGMA^2). Training decodes one
-straight-through Gumbel-softmax sample of (t, r) per image; ``encode`` reports the most probable cell.
+cells of log N(grid(t); 0, shift_sigma^2) + log p(r) (uniform, or a normal at the wrapped group angles; log p(r) is
+also added to the attention logits, as in the public code), p(theta | r) = N(alpha_r, (pi / r)^2), p(z) = N(0, I),
+p(delta) = N(0, SUBPIXEL_SIGMA^2). Training decodes a Gumbel-softmax sample of (t, r) per image: the paper's soft
+weights (the cells' Gaussians averaged with them) or one cell (``--gumbel hard``); ``encode`` reports the most
+probable cell. With the CTF, the encoder sees phase-flipped images; the generator keeps the object's centroid at
+the frame's origin (:meth:`~emgroup.models.generator.CoordinateGenerator.follow_centroid`).
 """
 
 import math
@@ -63,6 +66,9 @@ class TargetVAEConfig:
                             "paper, whose translations are on the pixel grid).")
     temperature: float = option(1.0, "Temperature of the Gumbel-softmax sample of (translation, rotation) in "
                                 "training.")
+    gumbel: str = option("soft", "How training draws the cell (translation, rotation): 'soft' (the paper's "
+                         "Gumbel-softmax weights; the cells' poses and z averaged with them) or 'hard' (one cell, "
+                         "straight-through gradient).", choices=("soft", "hard"))
     ctf: bool = ctf_option()
 
     def __post_init__(self):
@@ -107,9 +113,9 @@ class TargetVAE(Model):
         axis = torch.arange(cells) - padding + (kernel - 1) / 2 - box // 2
         y, x = torch.meshgrid(axis, axis, indexing="ij")
         positions = torch.stack([x, y], -1)  # (H, W, 2) x, y
-        log_prior = -0.5 * (positions / config.shift_sigma).pow(2).sum(-1)[..., None] + rotation_log_prior(
-            config.rotation_prior, angles)
-        for name, value in {"angles": angles, "positions": positions, "grid": coordinate_grid(box),
+        log_p_r = rotation_log_prior(config.rotation_prior, angles)
+        log_prior = -0.5 * (positions / config.shift_sigma).pow(2).sum(-1)[..., None] + log_p_r
+        for name, value in {"angles": angles, "positions": positions, "grid": coordinate_grid(box), "log_p_r": log_p_r,
                             "log_prior": torch.log_softmax(log_prior.flatten(), 0)}.items():
             self.register_buffer(name, value, persistent=False)
 
@@ -120,7 +126,8 @@ class TargetVAE(Model):
         with torch.autocast(images.device.type, enabled=False):  # bf16 would round logits of ~20 to steps of 0.1
             out = self.head(h.float())
         k = self.config.z_dim
-        post = {"logits": out[..., 0], "theta": (out[..., 1] + self.angles, out[..., 2]),
+        # log p(r) added to the attention logits, as the public code does (q(r) starts at the prior)
+        post = {"logits": out[..., 0] + self.log_p_r, "theta": (out[..., 1] + self.angles, out[..., 2]),
                 "z": (out[..., 3:3 + k], out[..., 3 + k:3 + 2 * k])}
         position = self.positions[:, :, None].expand(*out.shape[1:-1], 2)
         if self.config.subpixel:  # delta in the frame of rotation r: R(-alpha_r) delta in the image
@@ -147,7 +154,7 @@ class TargetVAE(Model):
 
     @staticmethod
     def _select(post, weights):
-        """Each per-cell Gaussian of ``post`` at the cells chosen by ``weights`` (N, cells) (one-hot)."""
+        """Each per-cell Gaussian of ``post`` averaged with ``weights`` (N, cells) (one-hot: the chosen cell's)."""
         def pick(value):
             return None if value is None else torch.einsum("nc,nc...->n...", weights, value.flatten(1, 3))
         return {name: tuple(map(pick, value)) for name, value in post.items() if name != "logits"}
@@ -158,13 +165,17 @@ class TargetVAE(Model):
 
     def loss(self, batch):
         images = batch["images"]
-        post = self._posterior(images)
-        weights = F.gumbel_softmax(post["logits"].flatten(1), tau=self.config.temperature, hard=True)
+        post = self._posterior(self.encoder_input(images, batch.get("ctf_parameters")))
+        weights = F.gumbel_softmax(post["logits"].flatten(1), tau=self.config.temperature,
+                                   hard=self.config.gumbel == "hard")
         chosen = self._select(post, weights)
         theta, z = sample_gaussian(*chosen["theta"]), sample_gaussian(*chosen["z"])
         mu, logstd = chosen["position"]
         position = mu if logstd is None else sample_gaussian(mu, logstd[:, None].expand_as(mu))
-        output = self._render(z, theta, -(rotation_matrix(theta) @ position[..., None])[..., 0])
+        shift = -(rotation_matrix(theta) @ position[..., None])[..., 0]
+        output = self._render(z, theta, shift)
+        if self.training:
+            self.generator.follow_centroid(losses.mean_image(self.config.likelihood, output), theta, shift)
         recon = losses.image_nll(self.config.likelihood, self.observed(output, batch), images, self.log_sigma)
         kl = self.kl(post)
         terms = {"recon": recon.mean(), "kl": sum(kl.values()).mean(), **{k: v.mean() for k, v in kl.items()}}
@@ -173,7 +184,7 @@ class TargetVAE(Model):
     def encode(self, images, ctf_parameters=None):
         """At the most probable cell (t, r): ``z``, ``z_std`` (N, k); ``theta``, ``theta_std`` (N,) rad (theta in
         [-pi, pi)); ``shift`` (N, 2) px (x, y). Also ``q_tr`` (N, r, H, W), the posterior over the cells."""
-        post = self._posterior(images)
+        post = self._posterior(self.encoder_input(images, ctf_parameters))
         logits = post["logits"].flatten(1)
         chosen = self._select(post, F.one_hot(logits.argmax(1), logits.shape[1]).to(logits.dtype))
         theta = chosen["theta"][0]

@@ -31,7 +31,7 @@ class VAE(Model):
 
     def loss(self, batch):
         images = batch["images"]
-        mu, logstd = self.encoder(images.flatten(1)).chunk(2, dim=1)
+        mu, logstd = self.encoder(self.encoder_input(images, batch.get("ctf_parameters")).flatten(1)).chunk(2, dim=1)
         output = self.decoder(sample_gaussian(mu, logstd)).view_as(images)
         recon = losses.image_nll(self.config.likelihood, self.observed(output, batch), images, self.log_sigma).mean()
         kl = losses.gaussian_kl(mu, logstd).sum(1).mean()
@@ -39,7 +39,7 @@ class VAE(Model):
 
     def encode(self, images, ctf_parameters=None):
         """Posterior means ``z`` and stds ``z_std`` (N, k)."""
-        mu, logstd = self.encoder(images.flatten(1)).chunk(2, dim=1)
+        mu, logstd = self.encoder(self.encoder_input(images, ctf_parameters).flatten(1)).chunk(2, dim=1)
         return {"z": mu, "z_std": logstd.exp()}
 
     def decode(self, latent):
