@@ -21,10 +21,12 @@ from sklearn.decomposition import PCA
 from emgroup.analysis import plots
 from emgroup.analysis.class_averages import class_averages
 from emgroup.analysis.clustering import Clusters, cluster_latents
+from emgroup.analysis.frames import class_frames, to_common_frame
 from emgroup.analysis.inference import (POSE_KEYS, decode_latents, encode_stack, group_action_examples, inplane_pose,
                                         relion_pose_columns)
 from emgroup.analysis.metrics import best_latent_correlation, clustering_accuracy, image_correlation, pose_metrics
 from emgroup.data.poses import model_from_relion, relion_from_model
+from emgroup.data.transforms import transform_images
 from emgroup.io.atomic import atomic_path
 from emgroup.io.cryosparc import write_cs
 from emgroup.io.mrc import StackWriter, open_stack, write_stack, write_volume
@@ -48,7 +50,8 @@ ACTION_EXAMPLES, ACTION_ANGLES = 3, (0, 45, 90, 135, 180, 225, 270, 315)
 @dataclass
 class Options:
     """How to analyze: clusters (an int or "auto"), clustering method, batch size (particles), torch device,
-    denoised images in the canonical pose, whether to write them at all, random seed, progress bars."""
+    denoised images in the canonical pose, whether to write them at all, whether to bring every class into one
+    frame (:mod:`emgroup.analysis.frames`), random seed, progress bars."""
 
     clusters: int | str = "auto"
     cluster_method: str = "gmm"
@@ -57,6 +60,7 @@ class Options:
     device: str = "cpu"
     canonical: bool = False
     denoise: bool = True
+    align_classes: bool = True
     seed: int = 0
     progress: bool = True
 
@@ -83,12 +87,18 @@ def analyze(model, stack, outdir, rundir=None, options: Options | None = None) -
                 comparison.add(indices, images, reconstructions)
 
         encoding, clusters, swap = _encode_and_cluster(model, stack, h5, options, decoded if options.denoise else None)
+        decoded_centres = decode_latents(model, clusters.centres, options.device)
+        if options.align_classes and "theta" in encoding:  # one frame for every class (emgroup.analysis.frames)
+            frames = class_frames(decoded_centres, clusters.counts, shifts="shift" in encoding)
+            theta, shift = to_common_frame(*inplane_pose(encoding, n), clusters.labels, frames)
+            encoding |= {"theta": theta, **({"shift": shift} if "shift" in encoding else {})}
+            decoded_centres = transform_images(decoded_centres, *frames)
+            h5["class_frames"] = np.column_stack([np.degrees(frames[0]), frames[1]])  # degrees, x px, y px
         table = particles_table(stack.meta, encoding, clusters.labels, apix, options.seed)
         _store_analysis(h5, table, clusters, stack, options)
     theta, shift = inplane_pose(encoding, n)
     averages, counts = class_averages(stack, clusters.labels, theta, shift, clusters.n_clusters,
                                       options.batch_size, options.progress, ctf=model.uses_ctf)
-    decoded_centres = decode_latents(model, clusters.centres, options.device)
     write_star(outdir / "particles.star", table, stack.optics)
     write_cs(outdir / "particles.cs", table, stack.optics, stack.records)
     if options.denoise:

@@ -53,13 +53,18 @@ def _clusters(value: str) -> int | str:
               help="Denoised particles in the canonical pose (theta = 0, shift = 0) instead of each one's own pose.")
 @click.option("--denoise/--no-denoise", default=True, show_default=True,
               help="Write denoised.mrcs/.star (the model's reconstruction of every particle; the slowest step).")
+@click.option("--align-classes/--own-frames", default=True, show_default=True,
+              help="Bring every class into the frame of the largest one: each cluster's decoded image is aligned "
+                   "(rotation in 1-degree steps, shift) with the largest cluster's, and its particles' poses, class "
+                   "average and decoded class move into that frame (the generator draws each latent value in a "
+                   "frame of its own). --own-frames keeps each class's frame.")
 @click.option("--root", type=FILE, default=None,
               help="Folder tried first when resolving image paths in PARTICLES (then the working directory, then "
                    "the STAR file's folder).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the clustering.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 def command(rundir, particles, outdir, checkpoint, clusters, cluster_method, max_clusters, device, batch_size,
-            canonical, denoise, root, seed, progress):
+            canonical, denoise, align_classes, root, seed, progress):
     """Encode PARTICLES with the model trained in RUNDIR and write OUTDIR/particles.star (+ .cs), latents.h5,
     class_averages.mrcs + classes.star, class_decoded.mrcs, denoised.mrcs + .star, figures/*.png and, when the
     STAR carries ground truth, metrics.json.
@@ -89,8 +94,8 @@ def command(rundir, particles, outdir, checkpoint, clusters, cluster_method, max
         raise InputError(f"box {stack.box} px does not match the model's {config['box']} px", particles)
     if abs(stack.apix - config["apix"]) > 1e-3 * config["apix"]:
         raise InputError(f"pixel size {stack.apix:g} Å does not match the model's {config['apix']:g} Å", particles)
-    options = Options(clusters, cluster_method, max_clusters, batch_size, torch_device, canonical, denoise, seed,
-                      progress)
+    options = Options(clusters, cluster_method, max_clusters, batch_size, torch_device, canonical, denoise,
+                      align_classes, seed, progress)
     with output_folder(outdir), written_together():  # every output, or none
         summary = (analyze_volumes if volumes else analyze)(model, stack, outdir, rundir, options)
     click.echo(f"{summary['particles']} {'volumes' if volumes else 'particles'} in {summary['clusters']} clusters "

@@ -5,7 +5,8 @@ through the particle's CTF, and compared with the particle at every circular shi
 cross-correlation: for a Gaussian likelihood ``-|x - y_d|^2 / (2 sigma^2) = (x . y_d - |y|^2 / 2) / sigma^2 +
 const``, for a Bernoulli one ``x . l_d - sum softplus(l) + const`` (logits l), where ``y_d`` is ``y`` moved by d
 pixels and only ``x . y_d`` depends on d. Log priors on the angle and on the shift are added; the best (angle,
-shift) is the pose (a MAP estimate on the grid). This is how RELION's 2D classification and cryoDRGN's pose search
+shift) is the pose (a MAP estimate on the grid), refined between grid points by the vertex of a parabola through
+the best score and its neighbours along each axis. This is how RELION's 2D classification and cryoDRGN's pose search
 align particles; here it replaces the encoder's pose inference in spatial-VAE (``--pose-search``).
 """
 
@@ -69,8 +70,26 @@ def _search(output, images, likelihood, log_sigma, ctf_parameters, angles, angle
         allowed = radius2 == 0 if shift_sigma is None else radius2 <= max_shift**2
         score = score + log_prior.masked_fill(~allowed, -math.inf)
         best = score.flatten(1).argmax(1)
-        k, pixel = best // box**2, best % box**2
-        moved = torch.stack([dx.flatten()[pixel], dy.flatten()[pixel]], -1)
-        theta = theta[k]
+        k, row, column = best // box**2, best // box % box, best % box
+        # between the grid points: the vertex of the parabola through the best score and its two neighbours
+        at = (torch.arange(n, device=images.device), k, row, column)
+        theta = (k + _vertex(score, at, 1)) * (2 * math.pi / angles)
+        moved = torch.stack([step[column] + _vertex(score, at, 3), step[row] + _vertex(score, at, 2)], -1)
         # image(x) = y(x - d) = canonical(R(theta) (x - d)): shift = -R(theta) d
         return theta, -(rotation_matrix(theta) @ moved[..., None])[..., 0]
+
+
+def _vertex(score: torch.Tensor, at: tuple, dim: int) -> torch.Tensor:
+    """(n,) offsets in [-0.5, 0.5] along ``dim`` of ``score`` (n, K, D, D) (1 angle, 2 row, 3 column) of the vertex
+    of the parabola through the scores at ``at`` (the best (image, angle, row, column) indices) and its circular
+    neighbours; 0 where a neighbour is excluded (-inf) or the scores do not curve down."""
+    def neighbour(step):
+        index = list(at)
+        index[dim] = (index[dim] + step) % score.shape[dim]
+        return score[tuple(index)]
+
+    below, centre, above = neighbour(-1), neighbour(0), neighbour(1)
+    curvature = below - 2 * centre + above
+    offset = 0.5 * (below - above) / curvature
+    usable = torch.isfinite(offset) & (curvature < 0)
+    return torch.where(usable, offset.clamp(-0.5, 0.5), torch.zeros_like(offset))
