@@ -60,7 +60,7 @@ class Options:
     device: str = "cpu"
     canonical: bool = False
     denoise: bool = True
-    align_classes: bool = True
+    align_classes: bool = False
     seed: int = 0
     progress: bool = True
 

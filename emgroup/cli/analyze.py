@@ -53,11 +53,12 @@ def _clusters(value: str) -> int | str:
               help="Denoised particles in the canonical pose (theta = 0, shift = 0) instead of each one's own pose.")
 @click.option("--denoise/--no-denoise", default=True, show_default=True,
               help="Write denoised.mrcs/.star (the model's reconstruction of every particle; the slowest step).")
-@click.option("--align-classes/--own-frames", default=True, show_default=True,
-              help="Bring every class into the frame of the largest one: each cluster's decoded image is aligned "
-                   "(rotation in 1-degree steps, shift) with the largest cluster's, and its particles' poses, class "
-                   "average and decoded class move into that frame (the generator draws each latent value in a "
-                   "frame of its own). --own-frames keeps each class's frame.")
+@click.option("--align-classes", is_flag=True,
+              help="Bring every class into the frame of the largest one (the generator draws each latent value in a "
+                   "frame of its own): each cluster's decoded image is aligned with the largest cluster's (rotation "
+                   "in 1-degree steps, shift), and its particles' poses, class average and decoded class move into "
+                   "that frame. Images of different conformations align only approximately: on the cryo-EM "
+                   "yardstick it lowered the agreement of a spatial-VAE's poses with the truth (docs/analyze.md).")
 @click.option("--root", type=FILE, default=None,
               help="Folder tried first when resolving image paths in PARTICLES (then the working directory, then "
                    "the STAR file's folder).")
