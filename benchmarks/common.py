@@ -73,6 +73,24 @@ def read_metrics(outdir) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def provenance() -> dict:
+    """Where a result comes from: the command line, emgroup's commit (with ``+changes`` when the tree differs from
+    it), the machine (CPU model, threads torch sees, CUDA device) and the date."""
+    import platform
+
+    import torch
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True).stdout.strip()
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else ""
+    return {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "commit": git("rev-parse", "HEAD") + ("+changes" if git("status", "--porcelain", "emgroup") else ""),
+            "cpu": cpu, "cpus": os.cpu_count(), "cuda": torch.cuda.get_device_name() if torch.cuda.is_available()
+            else None, "date": time.strftime("%Y-%m-%d %H:%M %Z")}
+
+
 def write_results(path, results: dict) -> None:
     """The benchmark's figures as JSON, written atomically."""
     with atomic_path(path) as tmp:

@@ -8,7 +8,7 @@ at a random angle), white noise at SNR 0.3 or 0.1; 5,000 particles. Two kinds:
 * ``traj``: the 98-frame closed->open trajectory (DIMS); truth = the frame (0..1).
 
 Rows: every image model with the CTF modelled (the default when particles carry defocus) and, on the first set,
-without it (``-noctf``); each trains for a fixed number of epochs that fits 2 CPU cores in at most 30 minutes
+without it (``-noctf``) and TARGET-VAE P16; each trains for a fixed number of epochs that fits 2 CPU cores in at most 30 minutes
 (the training time is in the table), then `emgroup analyze` writes particles.star, the source of every figure:
 
 * ``state_accuracy`` (mix): `analyze --clusters 2` clusters against the true state, Hungarian-matched;
@@ -23,7 +23,7 @@ The peer: RELION 2D classification of the same stack (``relion_refine`` without 
 ``--K 5`` on traj, CTF, 25 iterations, the settings in :data:`RELION_2D`), its class index scored like a cluster
 (traj: the frame predicted by its class's cross-validated mean) and its psi/origins like a pose.
 
-    python benchmarks/cryoem.py --threads 2                    # every set and row (hours on 2 cores)
+    python benchmarks/cryoem.py --threads 2                    # the default sets, every row (hours on 2 cores)
     python benchmarks/cryoem.py --quick                        # 1,500 particles, few epochs (about 5 minutes)
     python benchmarks/cryoem.py --sets mix-snr0.3 --models spatial,target-P8 --no-relion
 """
@@ -41,7 +41,7 @@ from scipy import stats
 from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import KFold, cross_val_predict
 
-from common import REPO, RESULTS, SHARED_DATA, choose, cli_options, emgroup, print_table, write_results
+from common import REPO, RESULTS, SHARED_DATA, choose, cli_options, emgroup, print_table, provenance, write_results
 from emgroup.analysis.metrics import circular_correlation, circular_correlation_uniform, clustering_accuracy, pearson
 from emgroup.data.poses import model_from_relion
 from emgroup.io.star import read_star
@@ -57,13 +57,17 @@ MODELS = {
     "target-P16": ("target", {"z_dim": 1, "group": "P16"}, {"epochs": 5, "precision": "bf16", "lr": 2e-4}),
     "vae": ("vae", {"z_dim": 1}, {"epochs": 30, "precision": "fp32"}),
 }
-#: rows also trained without the CTF, on the first set only
+#: rows trained on the first set only: P16, and the rows without the CTF
+FIRST_SET_ONLY = ("target-P16",)
 NO_CTF = ("spatial", "target-P8", "vae")
+#: the sets of a run without --sets (traj-snr0.1 on request: no target is set on it)
+DEFAULT_SETS = ("mix-snr0.3", "traj-snr0.3", "mix-snr0.1")
 QUICK = {"n_particles": 1500, "sets": ["mix-snr0.3"], "models": ["spatial", "vae"],
-         "epochs": {"spatial": 4, "vae": 10}, "relion": False}
-#: relion_refine 2D classification (no reference): CTF, 25 iterations, 12-degree psi steps, shifts within 5 px
+         "epochs": {"spatial": 10, "vae": 10}, "relion": False}
+#: relion_refine 2D classification (no reference): CTF, 25 iterations, 12-degree psi steps, shifts within 5 px in
+#: 2 px steps (finer with RELION's adaptive oversampling)
 RELION_2D = ["--iter", "25", "--tau2_fudge", "2", "--particle_diameter", "90", "--ctf", "--flatten_solvent",
-             "--zero_mask", "--oversampling", "1", "--psi_step", "12", "--offset_range", "5", "--offset_step", "1",
+             "--zero_mask", "--oversampling", "1", "--psi_step", "12", "--offset_range", "5", "--offset_step", "2",
              "--norm", "--scale", "--dont_combine_weights_via_disc", "--pool", "100", "--pad", "2"]
 TRUTH = "rlnEmgroupTrueConformation"
 COLUMNS = ["data", "model", "budget", "state_accuracy", "conformation_r", "rotation_uniform", "rotation_published",
@@ -100,19 +104,20 @@ def truth(particles: pd.DataFrame) -> dict:
 
 
 def score(kind: str, particles: pd.DataFrame, true: dict, seed: int, latents=None) -> dict:
-    """The row's figures from a STAR with rlnAnglePsi, rlnOriginX/YAngst, rlnClassNumber (and ``latents``
-    (N, k) for the trajectory)."""
-    theta = model_from_relion(particles["rlnAnglePsi"].to_numpy(), particles["rlnOriginXAngst"].to_numpy(),
-                              particles["rlnOriginYAngst"].to_numpy(), APIX)[0]
+    """The row's figures from a STAR with rlnClassNumber and, unless the model has no pose (all zero),
+    rlnAnglePsi, rlnOriginX/YAngst (and ``latents`` (N, k) for the trajectory)."""
+    pose = particles[["rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy()
     row = {}
-    for name, statistic in (("rotation_uniform", circular_correlation_uniform),
-                            ("rotation_published", circular_correlation)):
-        row[name] = statistic(theta, true["theta"])
-        interval = stats.bootstrap((theta, true["theta"]), statistic, paired=True, vectorized=False,
-                                   n_resamples=200, random_state=seed).confidence_interval
-        row[f"{name}_95"] = [float(interval.low), float(interval.high)]
-    for i, axis in enumerate("xy"):
-        row[f"shift_{axis}"] = pearson(particles[f"rlnOrigin{axis.upper()}Angst"], true["origin"][:, i])
+    if pose.any():
+        theta = model_from_relion(*pose.T, APIX)[0]
+        for name, statistic in (("rotation_uniform", circular_correlation_uniform),
+                                ("rotation_published", circular_correlation)):
+            row[name] = statistic(theta, true["theta"])
+            interval = stats.bootstrap((theta, true["theta"]), statistic, paired=True, vectorized=False,
+                                       n_resamples=200, random_state=seed).confidence_interval
+            row[f"{name}_95"] = [float(interval.low), float(interval.high)]
+        for i, axis in enumerate("xy"):
+            row[f"shift_{axis}"] = pearson(pose[:, 1 + i], true["origin"][:, i])
     classes = particles["rlnClassNumber"].to_numpy()
     if kind == "mix":
         row["state_accuracy"] = clustering_accuracy(true["conformation"], classes)
@@ -170,9 +175,11 @@ def run_relion(particles: Path, folder: Path, kind: str, seed: int, threads: int
 
 
 @click.command()
-@click.option("--sets", default=",".join(SETS), show_default=True, help=f"Comma-separated among {', '.join(SETS)}.")
+@click.option("--sets", default=",".join(DEFAULT_SETS), show_default=True,
+              help=f"Comma-separated among {', '.join(SETS)}.")
 @click.option("--models", default=",".join(MODELS), show_default=True,
-              help=f"Comma-separated among {', '.join(MODELS)} (each also without the CTF on the first set).")
+              help=f"Comma-separated among {', '.join(MODELS)} ({', '.join(NO_CTF)} also without the CTF, and "
+              f"{', '.join(FIRST_SET_ONLY)} only, on the first set).")
 @click.option("--relion/--no-relion", default=True, show_default=True, help="RELION 2D classification rows.")
 @click.option("--quick", is_flag=True, help=f"{QUICK['n_particles']} particles, the first set, spatial and vae for "
               "a few epochs, no RELION (about 5 minutes).")
@@ -197,9 +204,9 @@ def main(sets, models, relion, quick, n_particles, threads, seed, resume, workdi
         particles = folder / "prep" / "particles.star"
         if not (resume and particles.is_file()):
             particles = simulate(folder, kind, snr, n_particles, seed, threads)
-        jobs = [(name, *MODELS[name]) for name in models]
+        jobs = [(name, *MODELS[name]) for name in models if number == 0 or name not in FIRST_SET_ONLY]
         jobs += [(f"{name}-noctf", model, {**options, "ctf": False}, train) for name, model, options, train in jobs
-                 if number == 0 and name in NO_CTF]
+                 if number == 0 and name in NO_CTF and not quick]
         if relion:
             jobs.append(("relion-2D", None, None, None))
         for name, model, options, train in jobs:
@@ -212,14 +219,15 @@ def main(sets, models, relion, quick, n_particles, threads, seed, resume, workdi
                 else:
                     train = {**train, "epochs": QUICK["epochs"].get(name, train["epochs"])} if quick else train
                     row = run_model(name, model, options, train, particles, folder, kind, seed, threads)
-                row = {"data": data, "model": name, **row}
+                row = {"data": data, "model": name, **row, **provenance()}
                 cached.parent.mkdir(parents=True, exist_ok=True)
                 write_results(cached, row)
             rows.append(row)
             print(f"done: {data} {name} ({row['train_seconds']:.0f} s)", flush=True)
     print_table(rows, COLUMNS)
     output = output or RESULTS / ("cryoem_quick.json" if quick else "cryoem.json")
-    write_results(output, {"mode": "quick" if quick else "full", "n_particles": n_particles, "threads": threads,
+    write_results(output, {**provenance(), "mode": "quick" if quick else "full", "n_particles": n_particles,
+                           "threads": threads,
                            "seed": seed, "models": {name: MODELS[name] for name in models}, "relion_2d": RELION_2D,
                            "targets": TARGETS, "rows": rows})
     print(f"wrote {output}")

@@ -66,6 +66,7 @@ class TargetVAEConfig:
                             "paper, whose translations are on the pixel grid).")
     temperature: float = option(1.0, "Temperature of the Gumbel-softmax sample of (translation, rotation) in "
                                 "training.")
+    freeze_z_epochs: int = option(0, "Number of first epochs with z held at 0 (the pose is learned first).")
     gumbel: str = option("soft", "How training draws the cell (translation, rotation): 'soft' (the paper's "
                          "Gumbel-softmax weights; the cells' poses and z averaged with them) or 'hard' (one cell, "
                          "straight-through gradient).", choices=("soft", "hard"))
@@ -108,6 +109,7 @@ class TargetVAE(Model):
         self.generator = CoordinateGenerator(k, config.hidden, config.generator_layers, "leaky_relu",
                                              config.fourier_features, pixel_size(box))
         self.log_sigma = noise_log_sigma(config.likelihood)
+        self.z_frozen = False
         angles = torch.arange(r) * (2 * math.pi / r)
         # object position (px from the image centre D // 2) of each translation cell: the kernel's array centre
         axis = torch.arange(cells) - padding + (kernel - 1) / 2 - box // 2
@@ -118,6 +120,9 @@ class TargetVAE(Model):
         for name, value in {"angles": angles, "positions": positions, "grid": coordinate_grid(box), "log_p_r": log_p_r,
                             "log_prior": torch.log_softmax(log_prior.flatten(), 0)}.items():
             self.register_buffer(name, value, persistent=False)
+
+    def on_epoch_start(self, epoch):
+        self.z_frozen = epoch < self.config.freeze_z_epochs
 
     def _posterior(self, images):
         """Per cell (N, H, W, r): ``logits``; ``theta`` (mean, log-std) rad; ``z`` (means, log-stds) (..., k);
@@ -145,7 +150,7 @@ class TargetVAE(Model):
         kl = {"kl_tr": (q * (log_q - self.log_prior)).sum(1)}
         mu, logstd = post["theta"]
         cells = {"kl_theta": losses.gaussian_kl(mu, logstd, self.angles, math.pi / r),
-                 "kl_z": losses.gaussian_kl(*post["z"]).sum(-1)}
+                 "kl_z": 0 * post["z"][0].sum(-1) if self.z_frozen else losses.gaussian_kl(*post["z"]).sum(-1)}
         mu, logstd = post["position"]
         if logstd is not None:
             delta = mu - self.positions[:, :, None]
@@ -170,6 +175,7 @@ class TargetVAE(Model):
                                    hard=self.config.gumbel == "hard")
         chosen = self._select(post, weights)
         theta, z = sample_gaussian(*chosen["theta"]), sample_gaussian(*chosen["z"])
+        z = torch.zeros_like(z) if self.z_frozen else z
         mu, logstd = chosen["position"]
         position = mu if logstd is None else sample_gaussian(mu, logstd[:, None].expand_as(mu))
         shift = -(rotation_matrix(theta) @ position[..., None])[..., 0]
