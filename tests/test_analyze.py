@@ -16,6 +16,7 @@ from emgroup.analysis import clustering
 from emgroup.analysis.clustering import cluster_latents
 from emgroup.analysis.inference import encode_stack, relion_pose_columns
 from emgroup.analysis.metrics import clustering_accuracy, image_correlation
+from emgroup.data.ctf import stack_ctf_parameters
 from emgroup.analysis.pipeline import particles_table
 from emgroup.data.poses import model_from_relion, relion_from_model
 from emgroup.data.stack import ParticleStack, write_particles
@@ -209,12 +210,15 @@ def test_outputs_agree_with_each_other_and_read_back(analyzed, monkeypatch):
     denoised = ParticleStack.open("out/denoised.star")
     assert len(denoised) == 200 and denoised.apix == APIX
     model, _ = load_run("run", "best")
+    stack = ParticleStack.open("sim/particles.star")
+    assert model.uses_ctf  # the simulated particles carry defocus: the run models the CTF
     with torch.no_grad():
-        expected = model.decode(model.encode(torch.from_numpy(ParticleStack.open("sim/particles.star").images())))
+        expected = model.decode(model.encode(torch.from_numpy(stack.images()),
+                                             torch.from_numpy(stack_ctf_parameters(stack))))
     np.testing.assert_allclose(denoised.images(), expected.numpy(), atol=1e-4)
 
     metrics = json.loads((analyzed / "out/metrics.json").read_text())
-    assert {"rotation_circular_correlation", "translation_pearson_x", "translation_pearson_y",
+    assert {"rotation_circular_correlation", "translation_pearson_x", "translation_pearson_y", "state_accuracy",
             "latent_conformation_abs_pearson", "denoised_clean_correlation", "input_clean_correlation"} <= set(metrics)
     assert all(-1 <= metrics[k] <= 1 for k in metrics if k != "latent_conformation_dim")
     figures = {p.name for p in (analyzed / "out/figures").iterdir()}

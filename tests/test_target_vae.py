@@ -97,13 +97,14 @@ def test_encode_shapes_and_options():
 @pytest.mark.slow
 def test_trained_model_angle_follows_the_rotation():
     """A tiny P8 model trained on randomly rotated copies of a few patterns predicts, for a pattern rotated by
-    gamma = k 45 degrees (interpolated, so not exactly a roll of the group axis), an angle that moves by gamma."""
+    gamma = k 45 degrees (interpolated, so not exactly a roll of the group axis), an angle that moves by gamma.
+    Trained with the hard Gumbel sample: at this size (100 steps) the soft one settles on every other bin (4 of 7)."""
     torch.manual_seed(0)
     torch.set_num_threads(1)
     box = 21
     base = digits(4, box, seed=3)
     model = tiny_model(box=box, group="P8", kernel_size=15, padding=1, channels=16, hidden=64, fourier_features=128,
-                       shift_sigma=1.0)
+                       shift_sigma=1.0, gumbel="hard")
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     for _ in range(100):
         angles = (torch.rand(32) * 2 - 1) * math.pi

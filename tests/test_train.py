@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from emgroup.ctf import ctf_rfft
-from emgroup.data.ctf import stack_ctf
+from emgroup.data.ctf import stack_ctf, stack_ctf_parameters
 from emgroup.data.preprocess import SPLIT_COLUMN
 from emgroup.data.stack import ParticleStack
 from emgroup.errors import InputError
@@ -56,7 +56,11 @@ def test_short_training_lowers_the_loss_and_writes_the_run(run_emgroup, tiny_par
     assert isinstance(model, SpatialVAE) and not model.training and loaded == best["config"]
     for name, value in model.state_dict().items():
         assert torch.equal(value, best["model"][name])
-    latent = model.encode(torch.from_numpy(ParticleStack.open(tiny_particles).images([0, 1, 2])))
+    stack = ParticleStack.open(tiny_particles)
+    with pytest.raises(ValueError, match="CTF"):
+        model.encode(torch.from_numpy(stack.images([0, 1, 2])))
+    latent = model.encode(torch.from_numpy(stack.images([0, 1, 2])),
+                          torch.from_numpy(stack_ctf_parameters(stack, [0, 1, 2])))
     assert latent["z"].shape == (3, 2) and latent["theta"].shape == (3,)
 
 

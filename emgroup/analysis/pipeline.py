@@ -43,6 +43,8 @@ STAR_LATENTS, STAR_PCS = 32, 10
 #: encoding entries kept in memory (the rest, e.g. TARGET-VAE's q(t, r), stay in latents.h5 only)
 IN_MEMORY = ("z", "z_std", "mask", *POSE_KEYS)
 TRUE_CLASS, TRUE_CONFORMATION = "rlnEmgroupTrueClass", "rlnEmgroupTrueConformation"
+#: a true conformation with at most this many values is a set of states, scored like classes (state_accuracy)
+MAX_STATES = 10
 #: the group-action figure: particles shown (nearest to the first cluster centres) and rotation angles (degrees)
 ACTION_EXAMPLES, ACTION_ANGLES = 3, (0, 45, 90, 135, 180, 225, 270, 315)
 
@@ -215,7 +217,9 @@ def classes_table(counts, averages_path) -> pd.DataFrame:
 def truth_metrics(meta: pd.DataFrame, encoding: dict, labels, apix: float) -> dict:
     """Agreement with the truth the input STAR carries (simulated or benchmark data): in-plane pose (when the
     STAR has ``rlnAnglePsi`` and no out-of-plane tilt and the model infers a pose), clustering accuracy against
-    ``rlnEmgroupTrueClass``, best |Pearson| of one latent dimension with ``rlnEmgroupTrueConformation``."""
+    ``rlnEmgroupTrueClass`` and, when ``rlnEmgroupTrueConformation`` takes 2 to :data:`MAX_STATES` values (states,
+    such as closed and open), against it (``state_accuracy``), best |Pearson| of one latent dimension with
+    ``rlnEmgroupTrueConformation``."""
     n, out = len(meta), {}
     inplane_truth = "rlnAnglePsi" in meta and not np.any(meta.get("rlnAngleTilt", pd.Series(0.0)).to_numpy() != 0)
     if inplane_truth and any(key in encoding for key in POSE_KEYS):
@@ -231,6 +235,8 @@ def truth_metrics(meta: pd.DataFrame, encoding: dict, labels, apix: float) -> di
                             np.column_stack(true_origin))
     if TRUE_CLASS in meta:
         out["clustering_accuracy"] = clustering_accuracy(meta[TRUE_CLASS].to_numpy(), labels)
+    if TRUE_CONFORMATION in meta and meta[TRUE_CONFORMATION].nunique() in range(2, MAX_STATES + 1):
+        out["state_accuracy"] = clustering_accuracy(meta[TRUE_CONFORMATION].to_numpy(), labels)
     if TRUE_CONFORMATION in meta and np.ptp(meta[TRUE_CONFORMATION]) > 0:
         r, dim = best_latent_correlation(np.asarray(encoding["z"]).reshape(n, -1), meta[TRUE_CONFORMATION].to_numpy())
         out |= {"latent_conformation_abs_pearson": r, "latent_conformation_dim": dim + 1}

@@ -89,6 +89,8 @@ class Model(nn.Module):
         when the model uses the CTF, so that a particle's contrast does not change sign with its defocus."""
         if not self.uses_ctf:
             return images
+        if ctf_parameters is None:
+            raise ValueError("this model was trained with the CTF: pass each particle's CTF parameters")
         return apply_ctf(images, torch.sign(ctf_rfft(self.box, ctf_parameters))).to(images.dtype)
 
     def on_epoch_start(self, epoch: int) -> None:
