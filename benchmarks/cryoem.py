@@ -181,6 +181,8 @@ def run_relion(particles: Path, folder: Path, kind: str, seed: int, threads: int
               help=f"Comma-separated among {', '.join(MODELS)} ({', '.join(NO_CTF)} also without the CTF, and "
               f"{', '.join(FIRST_SET_ONLY)} only, on the first set).")
 @click.option("--relion/--no-relion", default=True, show_default=True, help="RELION 2D classification rows.")
+@click.option("--ctf-ablation/--no-ctf-ablation", default=True, show_default=True,
+              help=f"The rows of {', '.join(NO_CTF)} without the CTF, on the first set.")
 @click.option("--quick", is_flag=True, help=f"{QUICK['n_particles']} particles, the first set, spatial and vae for "
               "a few epochs, no RELION (about 5 minutes).")
 @click.option("-n", "--n-particles", default=5000, show_default=True, help="Particles per set.")
@@ -188,11 +190,13 @@ def run_relion(particles: Path, folder: Path, kind: str, seed: int, threads: int
 @click.option("--seed", default=0, show_default=True, help="Seed of the data, training and analysis.")
 @click.option("--resume", is_flag=True, help="Keep the rows already in --workdir (rows/*.json) instead of redoing "
               "them.")
+@click.option("--collect", is_flag=True, help="Run nothing: the table and JSON of the rows already in --workdir "
+              "(after runs split over several invocations).")
 @click.option("--workdir", type=click.Path(file_okay=False), default=str(REPO / "runs" / "benchmarks" / "cryoem"),
               show_default=True, help="Folder for data, runs and analyses.")
 @click.option("--output", type=click.Path(dir_okay=False),
               help="JSON of the figures [default: benchmarks/results/cryoem.json, or cryoem_quick.json].")
-def main(sets, models, relion, quick, n_particles, threads, seed, resume, workdir, output):
+def main(sets, models, relion, ctf_ablation, quick, n_particles, threads, seed, resume, collect, workdir, output):
     sets, models = choose(sets, SETS, "set"), choose(models, MODELS, "model")
     if quick:
         sets, models, relion, n_particles = QUICK["sets"], QUICK["models"], QUICK["relion"], QUICK["n_particles"]
@@ -202,17 +206,21 @@ def main(sets, models, relion, quick, n_particles, threads, seed, resume, workdi
         kind, snr = SETS[data]
         folder = workdir / data
         particles = folder / "prep" / "particles.star"
-        if not (resume and particles.is_file()):
+        if collect and not particles.is_file():
+            continue
+        if not ((resume or collect) and particles.is_file()):
             particles = simulate(folder, kind, snr, n_particles, seed, threads)
         jobs = [(name, *MODELS[name]) for name in models if number == 0 or name not in FIRST_SET_ONLY]
         jobs += [(f"{name}-noctf", model, {**options, "ctf": False}, train) for name, model, options, train in jobs
-                 if number == 0 and name in NO_CTF and not quick]
+                 if number == 0 and name in NO_CTF and ctf_ablation and not quick]
         if relion:
             jobs.append(("relion-2D", None, None, None))
         for name, model, options, train in jobs:
             cached = folder / "rows" / f"{name}.json"
-            if resume and cached.is_file():
+            if (resume or collect) and cached.is_file():
                 row = json.loads(cached.read_text())
+            elif collect:
+                continue
             else:
                 if model is None:
                     row = run_relion(particles, folder, kind, seed, threads)
