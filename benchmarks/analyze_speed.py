@@ -9,14 +9,14 @@ Prints a table and writes benchmarks/results/analyze_speed.json.
 """
 
 import argparse
-import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "analyze_speed.json"
 
@@ -70,12 +70,10 @@ def main():
                 print(f"{name:<44} {seconds:7.1f} s {args.n / seconds:7.0f} particles/s {memory:7.0f} MB", flush=True)
     result = {"benchmark": "emgroup analyze wall time and peak memory (whole command, all outputs written; "
                            "--clusters auto: GMM, BIC over K = 2..10)",
-              "threads": args.threads, "device": args.device, "cpu": platform.processor() or platform.machine(),
-              "cpus_visible": os.cpu_count(), "load_average_1min_at_end": round(os.getloadavg()[0], 1),
+              "threads": args.threads, "device": args.device, "load_average_1min_at_end": round(os.getloadavg()[0], 1),
               "stack_mb": round(args.n * args.box**2 * 4 / 2**20),
               "target": f"{args.n} particles of {args.box}x{args.box} px in under 60 s on 2 cores", "runs": rows}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.output, result)
     print(f"\n{'configuration':<44} {'seconds':>8} {'particles/s':>12} {'peak MB':>8}")
     for row in rows:
         print(f"{row['configuration']:<44} {row['seconds']:8.1f} {row['particles_per_second']:12d} "

@@ -74,8 +74,8 @@ def read_metrics(outdir) -> dict:
 
 
 def provenance() -> dict:
-    """Where a result comes from: the command line, emgroup's commit (with ``+changes`` when the tree differs from
-    it), the machine (CPU model, threads torch sees, CUDA device) and the date."""
+    """Where a result comes from: the command line, emgroup's commit (with ``+changes`` when the package or the
+    benchmark scripts differ from it), the machine (CPU model and count, CUDA device), torch's version and the date."""
     import platform
 
     import torch
@@ -86,15 +86,15 @@ def provenance() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else ""
     return {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-            "commit": git("rev-parse", "HEAD") + ("+changes" if git("status", "--porcelain", "emgroup") else ""),
+            "commit": git("rev-parse", "HEAD") + ("+changes" if git("status", "--porcelain", "emgroup", "benchmarks/*.py") else ""),
             "cpu": cpu, "cpus": os.cpu_count(), "cuda": torch.cuda.get_device_name() if torch.cuda.is_available()
-            else None, "date": time.strftime("%Y-%m-%d %H:%M %Z")}
+            else None, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M %Z")}
 
 
 def write_results(path, results: dict) -> None:
-    """The benchmark's figures as JSON, written atomically."""
+    """The benchmark's figures as JSON after their `provenance`, written atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(results, indent=2, default=float) + "\n")
+        tmp.write_text(json.dumps({**provenance(), **results}, indent=2, default=float) + "\n")
 
 
 def print_table(rows: list[dict], columns: list[str]) -> None:

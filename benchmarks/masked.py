@@ -35,6 +35,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from common import write_results
 from emgroup.data.volumes import VolumeStack
 from emgroup.models.masked import MaskedGroupAction
 from emgroup.models.so3 import random_rotations, rotation_angle
@@ -211,12 +212,11 @@ def main():
             train_set, test_set = adk_volumes(settings["adk_volumes"], args.seed, args.adk_snr, Path(tmp) / "adk")
         rows += run_dataset("adk", train_set, test_set, 32, adk_model, settings["adk_steps"],
                             settings["adk_batch"], args.seed, args.variants)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({"settings": {**settings, "mnist_model": mnist_model, "adk_model": adk_model,
-                                               "train_angle_deg": TRAIN_ANGLE, "seed": args.seed,
-                                               "adk_snr": args.adk_snr if math.isfinite(args.adk_snr) else None,
-                                               "quick": quick, "torch_threads": 1, "datasets": args.datasets},
-                                  "results": rows}, indent=2) + "\n")
+    write_results(output, {"settings": {**settings, "mnist_model": mnist_model, "adk_model": adk_model,
+                                        "train_angle_deg": TRAIN_ANGLE, "seed": args.seed,
+                                        "adk_snr": args.adk_snr if math.isfinite(args.adk_snr) else None,
+                                        "quick": quick, "torch_threads": 1, "datasets": args.datasets},
+                           "results": rows})
     print(f"wrote {output}")
 
 

@@ -542,7 +542,7 @@ def main(spatial_vae_dir, target_vae_dir, sets, models, ours, n_particles, n_tra
         if data in sets:
             print_table([row for row in results if row["data"] == data], columns)
     write_results(output, {
-        "command": "python benchmarks/reference.py " + " ".join(sys.argv[1:]), "threads": threads, "seed": seed,
+        "threads": threads, "seed": seed,
         "n_particles": n_particles, "n_train": n_train, "n_test": n_test, "epochs": epochs,
         "repositories": {name: {"dir": str(path), "commit": commit(path)} for name, path in given.items() if path},
         "rows": results})

@@ -8,15 +8,15 @@ benchmarks/results/simulate_speed.json.
 
 import argparse
 import importlib.resources
-import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "simulate_speed.json"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -61,11 +61,9 @@ def main():
                          "seconds": round(seconds, 2), "particles_per_second": round(args.n / seconds)})
             print(f"{name:<66} {seconds:7.1f} s {args.n / seconds:8.0f} particles/s", flush=True)
     result = {"benchmark": "emgroup simulate wall time (whole command, files written)", "threads": args.threads,
-              "cpu": platform.processor() or platform.machine(), "cpus_visible": os.cpu_count(),
               "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),  # largest run
               "target": f"{args.n} particles of {args.box}x{args.box} px in under 60 s on 2 cores", "runs": rows}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(RESULTS, result)
     print(f"\n{'configuration':<66} {'seconds':>9} {'particles/s':>13}")
     for row in rows:
         print(f"{row['configuration']:<66} {row['seconds']:9.1f} {row['particles_per_second']:13d}")

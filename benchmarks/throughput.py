@@ -21,7 +21,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -222,7 +221,7 @@ def main():
 
     import torch
 
-    from emgroup.io.atomic import atomic_path
+    from common import write_results  # not in the --row children: its imports would count in their peak memory
     from emgroup.models import registry
 
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
@@ -247,12 +246,8 @@ def main():
                       f"{row['inference_particles_per_s']:9.1f}/s  peak {row['peak_memory_mib']:8.0f} MiB  "
                       + "  ".join(f"{k} {v:.3f}s" for k, v in split.items()), flush=True)
     output = args.output or RESULTS / f"throughput{'_quick' if args.quick else ''}.json"
-    meta = {"benchmark": "training/inference particles per second and peak memory per model and image size",
-            "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:]), "quick": args.quick,
-            "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name() if "cuda" in devices else None, "rows": results}
-    with atomic_path(output) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    write_results(output, {"benchmark": "training/inference particles per second and peak memory per model and "
+                                        "image size", "quick": args.quick, "rows": results})
 
 
 if __name__ == "__main__":
