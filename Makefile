@@ -6,9 +6,11 @@ JOBS ?= 2
 
 .PHONY: setup demo test test-quick
 
+# torch is installed only when .venv has none in pyproject's range (>= 2.4): a build put there first is kept.
 $(BIN)/emgroup: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q torch==2.13.0   # CPU wheel; pyproject accepts torch>=2.2 so GPU builds are kept
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c 'import sys, torch; sys.exit(tuple(map(int, torch.__version__.split(".")[:2])) < (2, 4))' \
+		2>/dev/null || $(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
