@@ -85,8 +85,9 @@ def provenance() -> dict:
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else ""
+    changed = git("status", "--porcelain", "emgroup", "benchmarks/*.py")
     return {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-            "commit": git("rev-parse", "HEAD") + ("+changes" if git("status", "--porcelain", "emgroup", "benchmarks/*.py") else ""),
+            "commit": git("rev-parse", "HEAD") + ("+changes" if changed else ""),
             "cpu": cpu, "cpus": os.cpu_count(), "cuda": torch.cuda.get_device_name() if torch.cuda.is_available()
             else None, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M %Z")}
 

@@ -1,10 +1,11 @@
-"""Rotated and translated MNIST, the TARGET-VAE protocol (Nasiri & Bepler 2022): pose and clustering accuracy.
+"""Rotated and translated MNIST after the TARGET-VAE paper's protocol (Nasiri & Bepler 2022), on 10,000 digits.
 
 MNIST(N): theta ~ N(0, pi^2/16); MNIST(U): theta ~ U(0, 2 pi); both with translations ~ N(0, 5^2) px per axis,
 each 28x28 digit zero-padded to the centre of a 50x50 canvas. The 10,000 digits of ``mnist10k.npz`` (already
-shuffled) split into the first 8,000 for training and the last 2,000 for testing; poses are seeded. The sets are
-written as .mrcs + RELION 3.1 .star (true pose as rlnAnglePsi / rlnOriginX/YAngst at 1 Å/px, digit as
-rlnEmgroupTrueClass), with the test digits also untransformed (``test_centred.star``) for the relative metrics.
+shuffled) split into the first 8,000 for training (`emgroup train` holds 800 of them out for validation) and
+the last 2,000 for testing, where the paper trains on MNIST's 60,000 and tests on its 10,000; poses are seeded.
+The sets are written as .mrcs + RELION 3.1 .star (true pose as rlnAnglePsi / rlnOriginX/YAngst at 1 Å/px, digit
+as rlnEmgroupTrueClass), with the test digits also untransformed (``test_centred.star``) for the relative metrics.
 Each model is trained and analyzed through the `emgroup` CLI. Reported on the test split:
 
 * rotation: Jammalamadaka-Sengupta circular correlation with the applied angle, "relative" (the published
@@ -16,7 +17,7 @@ Each model is trained and analyzed through the `emgroup` CLI. Reported on the te
   analyze`), and of the means concatenated with the standard deviations (the papers' features).
 
     python benchmarks/mnist.py --quick --models spatial,vae,beta-vae   # 2,000/500 digits, small models (CPU)
-    python benchmarks/mnist.py --device cuda        # the full protocol
+    python benchmarks/mnist.py --device cuda        # the papers' model widths, up to 100 epochs
 """
 
 import math

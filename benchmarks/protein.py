@@ -1,4 +1,4 @@
-"""Simulated protein with a 1-D conformational coordinate and in-plane rotation, after spatial-VAE's 5HDB experiment.
+"""Simulated protein with a 1-D conformational coordinate and in-plane rotation, in place of spatial-VAE's 5HDB.
 
 Particles of adenylate kinase along its closed->open trajectory (``adk_dims.npz``, truth = frame / (F - 1)) are
 simulated with `emgroup simulate` at 40x40 px (2.5 Å/px: the open state needs an 80 Å wide disc), one projection
