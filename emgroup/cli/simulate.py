@@ -12,9 +12,10 @@ from tqdm import tqdm
 
 from emgroup.cli.types import FiniteFloat
 from emgroup.data import simulate
-from emgroup.data.poses import matrix_to_euler, matrix_to_quaternion, random_rotations
+from emgroup.data.poses import matrix_to_euler
 from emgroup.data.stack import write_particles
 from emgroup.errors import InputError
+from emgroup.geometry import matrix_to_quaternion_numpy, random_rotations_numpy, rotate_volume_numpy
 from emgroup.io.atomic import output_folder, written_together
 from emgroup.io.atoms import read_atoms, read_trajectory
 from emgroup.io.mrc import StackWriter, read_volume, write_volume
@@ -172,13 +173,13 @@ def _object(pdb, volume, pdb2, trajectory, k, box, apix):
 def _write_volumes(outdir, volumes, truth, n, apix, snr, rng, progress):
     """OUTDIR/volumes/000001.mrc ... of the object turned by uniform random rotations, with white Gaussian noise of
     variance (mean variance of the conformations' volumes over the box) / ``snr``, + OUTDIR/volumes.star."""
-    rotations = random_rotations(n, rng)
+    rotations = random_rotations_numpy(n, rng)
     conformation = rng.integers(0, len(truth), n)
     rot, tilt, psi = matrix_to_euler(rotations)
-    quaternion = matrix_to_quaternion(rotations)
+    quaternion = matrix_to_quaternion_numpy(rotations)
     names = [outdir / "volumes" / f"{i + 1:06d}.mrc" for i in range(n)]
     noise_sigma = np.sqrt(volumes.var(axis=(1, 2, 3)).mean() / snr)
-    rotated = simulate.rotate_volumes(volumes, rotations, conformation)
+    rotated = (rotate_volume_numpy(volumes[k], a.T) for a, k in zip(rotations, conformation))  # V_k(A^T x)
     for name, vol in zip(names, tqdm(rotated, total=n, unit="volume", disable=not progress)):
         if noise_sigma:
             vol += rng.normal(0.0, noise_sigma, vol.shape).astype(np.float32)

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 
 import torch
 
+from emgroup.geometry import wrap_angle
 from emgroup.models import losses
 from emgroup.models.base import Model, option
 from emgroup.models.generator import CoordinateGenerator
-from emgroup.models.grids import coordinate_grid, resample_images, transform_grid, wrap_angle
+from emgroup.models.grids import coordinate_grid, resample_images, transform_grid
 from emgroup.models.mlp import MLPConfig, mlp, noise_log_sigma, sample_gaussian
 from emgroup.models.pose_search import search_inplane_pose
 

@@ -25,10 +25,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from emgroup.geometry import wrap_angle
 from emgroup.models import losses
 from emgroup.models.base import Model, check_ctf_likelihood, ctf_option, option
 from emgroup.models.generator import CoordinateGenerator
-from emgroup.models.grids import coordinate_grid, pixel_size, rotation_matrix, transform_grid, wrap_angle
+from emgroup.models.grids import coordinate_grid, pixel_size, rotation_matrix, transform_grid
 from emgroup.models.groupconv import GroupConv1x1, LiftingConv
 from emgroup.models.mlp import noise_log_sigma, sample_gaussian
 
