@@ -1,5 +1,6 @@
-"""Rotations, angles and masks shared by every layer: one implementation each, in torch; numpy twins (named
-``*_numpy``) only where `emgroup simulate` must reproduce the same data for the same numpy seed.
+"""Rotations, angles (and the option string of an angle distribution) and masks shared by every layer: one
+implementation each, in torch; numpy twins (named ``*_numpy``) only where `emgroup simulate` must reproduce the same
+data for the same numpy seed.
 
 Pixel/voxel grids are centred on index ``D // 2`` (RELION's centre). Volumes are (D, D, D) z-y-x and rotation
 matrices act on (x, y, z): voxel (z, y, x) = (k, i, j) has normalized coordinates ``((j, i, k) - D // 2) / (D / 2)``
@@ -8,6 +9,7 @@ matrices act on (x, y, z): voxel (z, y, x) = (k, i, j) has normalized coordinate
 `emgroup simulate --volumes` writes them) is ``rotate_volumes(vol, A^T)``. Quaternions are (w, x, y, z).
 """
 
+import contextlib
 import math
 
 import numpy as np
@@ -19,6 +21,19 @@ from scipy.spatial.transform import Rotation
 def wrap_angle(theta):
     """Angles (radians; numpy array or torch tensor, returned as such) mapped to [-pi, pi)."""
     return (theta + math.pi) % (2 * math.pi) - math.pi
+
+
+def parse_angle_distribution(spec: str, option: str, plain=("uniform",)) -> tuple[str, float]:
+    """``(kind, sigma_deg)`` of an angle distribution option: one of the parameterless ``plain`` kinds (sigma 0) or
+    ``normal:SIGMA_DEG`` (mean 0, 0 < SIGMA_DEG < inf). ValueError naming ``option`` and ``spec`` otherwise."""
+    kind, _, sigma = spec.partition(":")
+    if kind in plain and not sigma:
+        return kind, 0.0
+    with contextlib.suppress(ValueError):
+        if kind == "normal" and 0 < float(sigma) < math.inf:
+            return kind, float(sigma)
+    raise ValueError(f"{option}: {spec!r} is not {', '.join(plain)} or normal:SIGMA_DEG (degrees, 0 < SIGMA_DEG < inf, "
+                     "e.g. normal:30)")
 
 
 def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:

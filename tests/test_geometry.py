@@ -127,3 +127,18 @@ def test_matches_the_simulated_volumes_convention(blob_volume):
     for k in range(2):
         assert _relative_error(ours[k], reference[k], mask) < 0.1
         assert _relative_error(ours[k], reference[1 - k], mask) > 0.5
+
+
+@pytest.mark.parametrize("spec, parsed", [("uniform", ("uniform", 0.0)), ("none", ("none", 0.0)),
+                                          ("normal:30", ("normal", 30.0)), ("normal:2.5e-1", ("normal", 0.25))])
+def test_angle_distribution_strings(spec, parsed):
+    assert geometry.parse_angle_distribution(spec, "--rotation", plain=("uniform", "none")) == parsed
+
+
+@pytest.mark.parametrize("spec", ["normal", "normal:", "normal:0", "normal:-3", "normal:x", "normal:nan", "normal:inf",
+                                  "uniform:3", "gauss:10", "none"])
+def test_bad_angle_distribution_is_one_message_naming_the_option(spec):
+    with pytest.raises(ValueError) as error:
+        geometry.parse_angle_distribution(spec, "--theta-prior")
+    assert str(error.value) == (f"--theta-prior: {spec!r} is not uniform or normal:SIGMA_DEG (degrees, "
+                                "0 < SIGMA_DEG < inf, e.g. normal:30)")

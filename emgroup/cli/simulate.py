@@ -1,6 +1,5 @@
 """`emgroup simulate`: particle images (or volumes) of a known object with known poses, conformations, CTF, noise."""
 
-import contextlib
 import importlib.resources
 import os
 from pathlib import Path
@@ -15,7 +14,8 @@ from emgroup.data import simulate
 from emgroup.data.poses import matrix_to_euler
 from emgroup.data.stack import write_particles
 from emgroup.errors import InputError
-from emgroup.geometry import matrix_to_quaternion_numpy, random_rotations_numpy, rotate_volume_numpy
+from emgroup.geometry import (matrix_to_quaternion_numpy, parse_angle_distribution, random_rotations_numpy,
+                              rotate_volume_numpy)
 from emgroup.io.atomic import output_folder, written_together
 from emgroup.io.atoms import read_atoms, read_trajectory
 from emgroup.io.mrc import StackWriter, read_volume, write_volume
@@ -27,13 +27,10 @@ DEMO_PDB = "adk_closed.pdb"
 
 def parse_rotation(ctx, param, value) -> tuple[str, float]:
     """``uniform``, ``none`` or ``normal:SIGMA`` (degrees) -> (kind, sigma)."""
-    kind, _, sigma = value.partition(":")
-    if kind in ("uniform", "none") and not sigma:
-        return kind, 0.0
-    with contextlib.suppress(ValueError):
-        if kind == "normal" and float(sigma) >= 0:
-            return kind, float(sigma)
-    raise click.BadParameter(f"{value!r} is not uniform, none or normal:SIGMA_DEG (e.g. normal:30)")
+    try:
+        return parse_angle_distribution(value, "--rotation", plain=("uniform", "none"))
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
 
 
 def parse_range(ctx, param, value) -> tuple[float, float]:
