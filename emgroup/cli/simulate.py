@@ -1,7 +1,6 @@
 """`emgroup simulate`: particle images (or volumes) of a known object with known poses, conformations, CTF, noise."""
 
 import importlib.resources
-import os
 from pathlib import Path
 
 import click
@@ -19,7 +18,7 @@ from emgroup.geometry import (matrix_to_quaternion_numpy, parse_angle_distributi
 from emgroup.io.atomic import output_folder, written_together
 from emgroup.io.atoms import read_atoms, read_trajectory
 from emgroup.io.mrc import StackWriter, read_volume, write_volume
-from emgroup.io.star import optics_table, write_star
+from emgroup.io.star import optics_table, relative_to_cwd, write_star
 
 FILE = click.Path(path_type=Path)
 DEMO_PDB = "adk_closed.pdb"
@@ -181,7 +180,7 @@ def _write_volumes(outdir, volumes, truth, n, apix, snr, rng, progress):
         if noise_sigma:
             vol += rng.normal(0.0, noise_sigma, vol.shape).astype(np.float32)
         write_volume(name, vol, apix)
-    table = pd.DataFrame({"rlnImageName": [os.path.relpath(name.resolve(), Path.cwd()) for name in names],
+    table = pd.DataFrame({"rlnImageName": [relative_to_cwd(name) for name in names],
                           "rlnAngleRot": rot, "rlnAngleTilt": tilt, "rlnAnglePsi": psi,
                           **{f"rlnEmgroupQuat{axis}": quaternion[:, i] for i, axis in enumerate("WXYZ")},
                           "rlnEmgroupTrueConformation": truth[conformation], "rlnOpticsGroup": 1})
