@@ -28,7 +28,7 @@ from emgroup.data.ctf import DEFOCUS_LABELS, has_ctf
 from emgroup.data.stack import require_finite
 from emgroup.errors import InputError
 from emgroup.io.atomic import atomic_path
-from emgroup.models.registry import available, model_class
+from emgroup.models.registry import MODELS, model_class
 from emgroup.signals import sigterm_interrupts
 from emgroup.train import distributed
 from emgroup.train.checkpoint import (CHECKPOINTS, CONFIG, METRICS, checkpoint_path, load_checkpoint, read_config,
@@ -344,8 +344,8 @@ def new_run(particles, rundir, model: str, model_options: dict, settings: TrainS
         raise InputError("run folder is a file", rundir)
     if holds_run(rundir) and not force:
         raise InputError("holds another run; pass --resume to continue it or --force to replace it", rundir)
-    if model not in available():
-        raise InputError(f"unknown model {model!r} (available: {', '.join(available())})")
+    if model not in MODELS:
+        raise InputError(f"unknown model {model!r} (available: {', '.join(MODELS)})")
     if settings.precision not in PRECISIONS:
         raise InputError(f"--precision {settings.precision}: expected one of {', '.join(PRECISIONS)}")
     cls = model_class(model)
