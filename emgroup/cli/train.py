@@ -11,7 +11,8 @@ import click
 from emgroup.cli.types import FiniteFloat
 from emgroup.io.atomic import output_folder
 from emgroup.models import registry
-from emgroup.train.trainer import PRECISIONS, TrainSettings, cpu_has_native_bf16, new_run, resume_run
+from emgroup.train.checkpoint import TrainSettings
+from emgroup.train.trainer import PRECISIONS, cpu_has_native_bf16, new_run, resume_run
 
 DEFAULTS = TrainSettings()
 FILE = click.Path(path_type=Path)
