@@ -37,8 +37,8 @@ from sklearn.preprocessing import StandardScaler
 
 from common import write_results
 from emgroup.data.volumes import VolumeStack
+from emgroup.geometry import random_rotations, rotation_angle
 from emgroup.models.masked import MaskedGroupAction
-from emgroup.models.so3 import random_rotations, rotation_angle
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

@@ -96,7 +96,7 @@ from emgroup.models.grids import coordinate_grid, pixel_size
 from emgroup.models.registry import model_class
 from emgroup.models.target_vae import KERNEL_FRACTION, PADDING_FRACTION
 from emgroup.train.data import split_indices
-from emgroup.train.trainer import TrainSettings
+from emgroup.train.checkpoint import TrainSettings
 
 SETS = ("mnist-U", "mix-snr0.3")
 #: public row -> (repository option, our row in mnist.MODELS, our row in cryoem.MODELS)

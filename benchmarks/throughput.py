@@ -209,7 +209,7 @@ def main():
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="Autocast of the "
                         "models, as `emgroup train --precision` (bf16 on CUDA and the CPU, fp16 on CUDA only; the "
                         "reference rows stay fp32).")
-    parser.add_argument("--models", nargs="+", default=None, help="Registered models [default: all available].")
+    parser.add_argument("--models", nargs="+", default=None, help="Registered models [default: all].")
     parser.add_argument("--match", default="", help="Only the rows whose label contains this text.")
     parser.add_argument("--output", type=Path, default=None, help="JSON path [default: benchmarks/results/"
                         "throughput[_quick].json].")
@@ -229,7 +229,7 @@ def main():
     for device in devices:
         batch = args.batch or BATCH[device][0 if args.quick else 1]
         for box in args.sizes:
-            for label, spec in rows(args.models or registry.available()):
+            for label, spec in rows(args.models or list(registry.MODELS)):
                 if args.match not in label:
                     continue
                 job = {"label": label, "spec": spec, "box": box, "device": device, "batch": batch,

@@ -142,6 +142,15 @@ def test_relion_pose_columns_round_trip_and_identity_pose_for_pose_free_models()
 
 # --- the command, end to end ------------------------------------------------------------------------------------
 
+def test_canonical_without_denoising_is_a_usage_error(run_emgroup, tmp_path):
+    result = run_emgroup("analyze", tmp_path / "run", "-o", tmp_path / "out", "--canonical", "--no-denoise")
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "emgroup: error: --canonical poses the denoised particles: it does nothing with --no-denoise "
+        "(see emgroup analyze --help)"]
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.fixture(scope="module")
 def analyzed(tmp_path_factory):
     """A tiny spatial-VAE trained for 2 epochs on 200 simulated particles, analyzed with 3 clusters (k-means):

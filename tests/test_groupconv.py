@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from emgroup.geometry import ball_mask
 from emgroup.models.grids import resample_images
-from emgroup.models.groupconv import GroupConv1x1, LiftingConv, disc_mask, fft_conv2d, rotated_kernels
+from emgroup.models.groupconv import GroupConv1x1, LiftingConv, fft_conv2d, rotated_kernels
 
 
 def blobs(n: int, box: int, seed: int = 0) -> torch.Tensor:
@@ -41,10 +42,10 @@ def test_rotated_kernels_follow_the_pose_convention():
     weight = blobs(2, 15)  # (C_out, C_in, K, K)
     kernels = rotated_kernels(weight, 8)
     assert kernels.shape == (8, 2, 1, 15, 15)
-    masked = weight[:, 0] * disc_mask(15)
-    expected = resample_images(masked, torch.full((2,), math.pi / 4), mode="bicubic") * disc_mask(15)
+    masked = weight[:, 0] * ball_mask(15)
+    expected = resample_images(masked, torch.full((2,), math.pi / 4), mode="bicubic") * ball_mask(15)
     assert (kernels[1, :, 0] - expected).abs().max() < 0.03 * expected.abs().max()  # sinc vs bicubic
-    torch.testing.assert_close(kernels[0], weight * disc_mask(15), atol=1e-5, rtol=0)
+    torch.testing.assert_close(kernels[0], weight * ball_mask(15), atol=1e-5, rtol=0)
     for k in range(8):
         torch.testing.assert_close(kernels[(k + 2) % 8], torch.rot90(kernels[k], 1, (-2, -1)), atol=0, rtol=0)
     # an off-centre blob in w at p shows up at R(-alpha) p in w(R(alpha) x): 90 degrees takes (+x) to (-y)
@@ -78,7 +79,7 @@ def test_lifting_conv_p8_is_equivariant_within_interpolation(fft):
     maps = out.permute(0, 3, 4, 1, 2).reshape(n, r * c, h, w)
     rotated = torch.stack([resample_images(maps[:, i], angle) for i in range(r * c)], 1)
     expected = torch.roll(rotated.view(n, r, c, h, w).permute(0, 3, 4, 1, 2), 1, 3)
-    inside = disc_mask(h).bool()[None, :, :, None, None].expand_as(out) & (expected.abs() > 0)
+    inside = ball_mask(h).bool()[None, :, :, None, None].expand_as(out) & (expected.abs() > 0)
     error = (turned - expected)[inside].norm() / expected[inside].norm()
     assert error < 0.05
     wrong = (turned - torch.roll(expected, 1, 3))[inside].norm() / expected[inside].norm()

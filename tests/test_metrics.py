@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from emgroup.analysis.metrics import (best_latent_correlation, circular_correlation, circular_correlation_uniform,
-                                      clustering_accuracy, image_correlation, pearson, pose_metrics, wrap_angle)
+                                      clustering_accuracy, image_correlation, pearson, pose_metrics)
+from emgroup.geometry import wrap_angle
 
 
 def test_circular_correlation_sign_offset_and_wrapping():

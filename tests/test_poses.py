@@ -1,12 +1,12 @@
-"""RELION Euler angles, quaternions, random rotations and the in-plane model <-> RELION conversion."""
+"""RELION Euler angles and the in-plane model <-> RELION conversion."""
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from emgroup.data.poses import (euler_to_matrix, matrix_to_euler, matrix_to_quaternion, model_from_relion,
-                                quaternion_to_matrix, random_rotations, relion_from_model)
+from emgroup.data.poses import euler_to_matrix, matrix_to_euler, model_from_relion, relion_from_model
 from emgroup.data.transforms import transform_images
+from emgroup.geometry import random_rotations_numpy
 
 
 def correlation(a, b):
@@ -23,7 +23,7 @@ def test_euler_matrix_is_relions_euler_angles2matrix():
 
 
 def test_matrix_to_euler_round_trip_and_gimbal_lock():
-    matrices = random_rotations(200, np.random.default_rng(0))
+    matrices = random_rotations_numpy(200, np.random.default_rng(0))
     rot, tilt, psi = matrix_to_euler(matrices)
     assert tilt.min() >= 0 and tilt.max() <= 180
     np.testing.assert_allclose(euler_to_matrix(rot, tilt, psi), matrices, atol=1e-9)
@@ -32,29 +32,6 @@ def test_matrix_to_euler_round_trip_and_gimbal_lock():
     np.testing.assert_allclose(rot, [0.0, 0.0], atol=1e-9)
     np.testing.assert_allclose(tilt, [0.0, 180.0], atol=1e-9)
     np.testing.assert_allclose(psi, [50.0, -30.0], atol=1e-9)
-
-
-def test_quaternions_rotate_like_the_matrices():
-    matrices = random_rotations(50, np.random.default_rng(1))
-    q = matrix_to_quaternion(matrices)
-    np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-12)
-    assert (q[:, 0] >= 0).all()
-    np.testing.assert_allclose(quaternion_to_matrix(q), matrices, atol=1e-12)
-    # v' = q v q* computed with the Hamilton product, independently of scipy
-    v = np.random.default_rng(2).normal(size=(50, 3))
-    w, u = q[:, :1], q[:, 1:]
-    rotated = v + 2 * w * np.cross(u, v) + 2 * np.cross(u, np.cross(u, v))
-    np.testing.assert_allclose(rotated, np.einsum("nij,nj->ni", matrices, v), atol=1e-12)
-
-
-def test_random_rotations_are_seeded_and_uniform():
-    a = random_rotations(4000, np.random.default_rng(3))
-    np.testing.assert_array_equal(a, random_rotations(4000, np.random.default_rng(3)))
-    np.testing.assert_allclose(np.linalg.det(a), 1.0, atol=1e-9)
-    assert np.abs(a.mean(axis=0)).max() < 0.05  # the Haar measure has E[R] = 0
-    # uniform directions: cos(tilt) is uniform on [-1, 1]
-    _, tilt, _ = matrix_to_euler(a)
-    assert np.histogram(np.cos(np.radians(tilt)), bins=4, range=(-1, 1))[0].min() > 900
 
 
 def test_model_relion_round_trip():

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from emgroup.models import generator
-from emgroup.models.grids import resample_images, rotation_matrix, wrap_angle
+from emgroup.geometry import wrap_angle
+from emgroup.models.grids import resample_images, rotation_matrix
 from emgroup.models.registry import build_model
 
 TINY = {"channels": 8, "hidden": 32, "fourier_features": 64}

@@ -16,11 +16,12 @@ from emgroup.data.preprocess import SPLIT_COLUMN
 from emgroup.data.stack import ParticleStack
 from emgroup.errors import InputError
 from emgroup.io.star import read_star, write_star
+from emgroup.models.registry import build_model
 from emgroup.models.spatial_vae import SpatialVAE
 from emgroup.models.vae import VAE
-from emgroup.train.checkpoint import load_checkpoint, load_run
+from emgroup.train.checkpoint import TrainSettings, load_checkpoint, load_run, save_checkpoint
 from emgroup.train.data import EpochBatches, StackBatches, split_indices
-from emgroup.train.trainer import TrainSettings, new_run
+from emgroup.train.trainer import new_run
 
 SMALL = ["--hidden", 32, "--batch-size", 25, "--no-progress"]
 
@@ -237,6 +238,21 @@ def test_sigterm_stops_cleanly_keeping_the_last_complete_epoch(run_emgroup, tiny
 def test_load_run_without_the_checkpoint_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="no such checkpoint"):
         load_run(tmp_path, "last")
+
+
+def test_a_run_config_builds_its_model_and_an_unknown_option_is_named(tmp_path):
+    """config.json's options are the model's Config fields and the TrainSettings; any other key is an error."""
+    model = build_model("vae", {"z_dim": 2}, 8)
+    options = {**dataclasses.asdict(model.config), **dataclasses.asdict(TrainSettings())}
+    for extra in ({}, {"z_dimm": 3}):
+        config = {"model": "vae", "options": {**options, **extra}, "box": 8}
+        save_checkpoint(tmp_path / "checkpoints" / "best.pt", {"model": model.state_dict(), "config": config})
+        if not extra:
+            assert load_run(tmp_path)[0].config == model.config
+    with pytest.raises(InputError, match="best.pt: .*VAE has no option 'z_dimm'"):
+        load_run(tmp_path)
+    with pytest.raises(ValueError, match="VAE has no option 'epochs'"):
+        build_model("vae", {"z_dim": 2, "epochs": 5}, 8)
 
 
 def test_micro_batches_take_the_same_optimisation_step(tiny_particles, tmp_path, monkeypatch):

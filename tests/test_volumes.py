@@ -7,10 +7,11 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 import pytest
+import torch
 
-from emgroup.data.poses import quaternion_to_matrix
 from emgroup.data.volumes import VolumeStack
 from emgroup.errors import InputError
+from emgroup.geometry import quaternion_to_matrix
 from emgroup.io.mrc import write_volume
 
 ADK_OPEN = Path(__file__).resolve().parents[1] / "emgroup" / "demo_data" / "adk_open.pdb"
@@ -45,7 +46,7 @@ def test_reads_what_simulate_writes(simulated, monkeypatch):
     assert volumes.shape == (2, 16, 16, 16) and volumes.dtype == np.float32
     for k, row in zip([2, 0], volumes):
         assert np.array_equal(row, mrcfile.read(simulated / "volumes" / f"{k + 1:06d}.mrc"))
-    rotation = quaternion_to_matrix(stack.meta[[f"rlnEmgroupQuat{a}" for a in "WXYZ"]].to_numpy())
+    rotation = quaternion_to_matrix(torch.tensor(stack.meta[[f"rlnEmgroupQuat{a}" for a in "WXYZ"]].to_numpy()))
     assert rotation.shape == (4, 3, 3)
     assert set(stack.meta["rlnEmgroupTrueConformation"]) <= {0.0, 1.0}
     part = stack.subset([3, 1])

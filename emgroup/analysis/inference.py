@@ -15,7 +15,7 @@ from tqdm import tqdm
 from emgroup.data.ctf import stack_ctf_parameters
 from emgroup.data.poses import matrix_to_euler, relion_from_model
 from emgroup.data.stack import require_finite
-from emgroup.models.so3 import quaternion_to_matrix
+from emgroup.geometry import quaternion_to_matrix
 
 #: encode entries that place the object; without them ``decode`` draws the canonical pose
 POSE_KEYS = ("theta", "shift", "rotation")

@@ -10,11 +10,6 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics.cluster import contingency_matrix
 
 
-def wrap_angle(angle) -> np.ndarray:
-    """Angles (radians) wrapped to [-pi, pi)."""
-    return np.remainder(np.asarray(angle, dtype=float) + np.pi, 2 * np.pi) - np.pi
-
-
 def circular_correlation(a, b) -> float:
     """Jammalamadaka–Sengupta circular correlation of two angle samples (N,) in radians, in [-1, 1].
 

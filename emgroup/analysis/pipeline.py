@@ -9,7 +9,6 @@ Every output file is written atomically. See ``docs/analyze.md`` for the files a
 
 import contextlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from emgroup.data.transforms import transform_images
 from emgroup.io.atomic import atomic_path
 from emgroup.io.cryosparc import write_cs
 from emgroup.io.mrc import StackWriter, open_stack, write_stack, write_volume
-from emgroup.io.star import format_image_name, parse_image_name, write_star
+from emgroup.io.star import format_image_name, parse_image_name, relative_to_cwd, write_star
 
 POSE_LABELS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst")
 #: input columns replaced by the inferred pose and cluster (the input's values move to :data:`INPUT_LABEL` columns)
@@ -104,7 +103,8 @@ def analyze(model, stack, outdir, rundir=None, options: Options | None = None) -
     write_star(outdir / "particles.star", table, stack.optics)
     write_cs(outdir / "particles.cs", table, stack.optics, stack.records)
     if options.denoise:
-        denoised_table = table.assign(rlnImageName=format_image_name(np.arange(n), _from_cwd(outdir / "denoised.mrcs")))
+        denoised_table = table.assign(
+            rlnImageName=format_image_name(np.arange(n), relative_to_cwd(outdir / "denoised.mrcs")))
         if options.canonical:  # the reconstructions are in the canonical frame: the identity pose
             denoised_table = denoised_table.assign(**{c: 0.0 for c in POSE_LABELS if c in table})
         write_star(outdir / "denoised.star", denoised_table, stack.optics)
@@ -148,7 +148,7 @@ def analyze_volumes(model, stack, outdir, rundir=None, options: Options | None =
     for k, volume in enumerate(decoded_centres):
         write_volume(outdir / "class_decoded" / f"class{k + 1:03d}.mrc", volume, apix)
     if options.denoise:
-        write_star(outdir / "denoised.star", table.assign(rlnImageName=[_from_cwd(path) for path in denoised]),
+        write_star(outdir / "denoised.star", table.assign(rlnImageName=[relative_to_cwd(path) for path in denoised]),
                    stack.optics)
     metrics = truth_metrics(stack.meta, encoding, clusters.labels, apix)
     _write_metrics(outdir, metrics)
@@ -207,7 +207,7 @@ def classes_table(counts, averages_path) -> pd.DataFrame:
     (``rlnReferenceImage``), with ``rlnClassNumber``, ``rlnClassDistribution`` (fraction of particles) and the
     particle count ``rlnEmgroupParticleCount``."""
     counts = np.asarray(counts)
-    names = format_image_name(np.arange(len(counts)), _from_cwd(averages_path))
+    names = format_image_name(np.arange(len(counts)), relative_to_cwd(averages_path))
     return pd.DataFrame({"rlnImageName": names, "rlnReferenceImage": names,
                          "rlnClassNumber": np.arange(1, len(counts) + 1),
                          "rlnClassDistribution": counts / counts.sum(), "rlnEmgroupParticleCount": counts,
@@ -352,7 +352,3 @@ def _write_metrics(outdir: Path, metrics: dict) -> None:
     if metrics:
         with atomic_path(outdir / "metrics.json") as tmp:
             tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-
-
-def _from_cwd(path) -> str:
-    return os.path.relpath(Path(path).resolve(), Path.cwd())

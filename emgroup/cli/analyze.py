@@ -85,6 +85,8 @@ def command(rundir, particles, outdir, checkpoint, clusters, cluster_method, max
     Example:
       emgroup analyze runs/spatial -o analysis --clusters 5
     """
+    if canonical and not denoise:
+        raise click.UsageError("--canonical poses the denoised particles: it does nothing with --no-denoise")
     torch_device = resolve_device(device, Processes())  # one process: analyze is not distributed
     model, config = load_run(rundir, checkpoint, torch_device)
     if particles is None:

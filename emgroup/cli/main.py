@@ -1,7 +1,6 @@
 """The `emgroup` command group and its error handling (bad input and usage errors: one line, exit status 2)."""
 
 import importlib
-import importlib.util
 import os
 import platform
 import sys
@@ -30,10 +29,10 @@ class LazyGroup(click.Group):
     """Imports a subcommand's module only when it runs (keeps `emgroup --help` fast, torch unloaded)."""
 
     def list_commands(self, ctx):
-        return [name for name in SUBCOMMANDS if _module_exists(SUBCOMMANDS[name])]
+        return list(SUBCOMMANDS)
 
     def get_command(self, ctx, name):
-        if name not in SUBCOMMANDS or not _module_exists(SUBCOMMANDS[name]):
+        if name not in SUBCOMMANDS:
             return None
         return importlib.import_module(f"emgroup.cli.{SUBCOMMANDS[name]}").command
 
@@ -81,10 +80,6 @@ def _one_line_input_warnings(show_other):
         else:
             show_other(message, category, filename, lineno, file, line)
     return show
-
-
-def _module_exists(module: str) -> bool:
-    return importlib.util.find_spec(f"emgroup.cli.{module}") is not None
 
 
 @click.group("emgroup", cls=LazyGroup,

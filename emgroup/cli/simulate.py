@@ -1,8 +1,6 @@
 """`emgroup simulate`: particle images (or volumes) of a known object with known poses, conformations, CTF, noise."""
 
-import contextlib
 import importlib.resources
-import os
 from pathlib import Path
 
 import click
@@ -12,13 +10,15 @@ from tqdm import tqdm
 
 from emgroup.cli.types import FiniteFloat
 from emgroup.data import simulate
-from emgroup.data.poses import matrix_to_euler, matrix_to_quaternion, random_rotations
+from emgroup.data.poses import matrix_to_euler
 from emgroup.data.stack import write_particles
 from emgroup.errors import InputError
+from emgroup.geometry import (matrix_to_quaternion_numpy, parse_angle_distribution, random_rotations_numpy,
+                              rotate_volume_numpy)
 from emgroup.io.atomic import output_folder, written_together
 from emgroup.io.atoms import read_atoms, read_trajectory
 from emgroup.io.mrc import StackWriter, read_volume, write_volume
-from emgroup.io.star import optics_table, write_star
+from emgroup.io.star import optics_table, relative_to_cwd, write_star
 
 FILE = click.Path(path_type=Path)
 DEMO_PDB = "adk_closed.pdb"
@@ -26,13 +26,10 @@ DEMO_PDB = "adk_closed.pdb"
 
 def parse_rotation(ctx, param, value) -> tuple[str, float]:
     """``uniform``, ``none`` or ``normal:SIGMA`` (degrees) -> (kind, sigma)."""
-    kind, _, sigma = value.partition(":")
-    if kind in ("uniform", "none") and not sigma:
-        return kind, 0.0
-    with contextlib.suppress(ValueError):
-        if kind == "normal" and float(sigma) >= 0:
-            return kind, float(sigma)
-    raise click.BadParameter(f"{value!r} is not uniform, none or normal:SIGMA_DEG (e.g. normal:30)")
+    try:
+        return parse_angle_distribution(value, "--rotation", plain=("uniform", "none"))
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
 
 
 def parse_range(ctx, param, value) -> tuple[float, float]:
@@ -172,18 +169,18 @@ def _object(pdb, volume, pdb2, trajectory, k, box, apix):
 def _write_volumes(outdir, volumes, truth, n, apix, snr, rng, progress):
     """OUTDIR/volumes/000001.mrc ... of the object turned by uniform random rotations, with white Gaussian noise of
     variance (mean variance of the conformations' volumes over the box) / ``snr``, + OUTDIR/volumes.star."""
-    rotations = random_rotations(n, rng)
+    rotations = random_rotations_numpy(n, rng)
     conformation = rng.integers(0, len(truth), n)
     rot, tilt, psi = matrix_to_euler(rotations)
-    quaternion = matrix_to_quaternion(rotations)
+    quaternion = matrix_to_quaternion_numpy(rotations)
     names = [outdir / "volumes" / f"{i + 1:06d}.mrc" for i in range(n)]
     noise_sigma = np.sqrt(volumes.var(axis=(1, 2, 3)).mean() / snr)
-    rotated = simulate.rotate_volumes(volumes, rotations, conformation)
+    rotated = (rotate_volume_numpy(volumes[k], a.T) for a, k in zip(rotations, conformation))  # V_k(A^T x)
     for name, vol in zip(names, tqdm(rotated, total=n, unit="volume", disable=not progress)):
         if noise_sigma:
             vol += rng.normal(0.0, noise_sigma, vol.shape).astype(np.float32)
         write_volume(name, vol, apix)
-    table = pd.DataFrame({"rlnImageName": [os.path.relpath(name.resolve(), Path.cwd()) for name in names],
+    table = pd.DataFrame({"rlnImageName": [relative_to_cwd(name) for name in names],
                           "rlnAngleRot": rot, "rlnAngleTilt": tilt, "rlnAnglePsi": psi,
                           **{f"rlnEmgroupQuat{axis}": quaternion[:, i] for i, axis in enumerate("WXYZ")},
                           "rlnEmgroupTrueConformation": truth[conformation], "rlnOpticsGroup": 1})

@@ -11,17 +11,18 @@ import click
 from emgroup.cli.types import FiniteFloat
 from emgroup.io.atomic import output_folder
 from emgroup.models import registry
-from emgroup.train.trainer import PRECISIONS, TrainSettings, cpu_has_native_bf16, new_run, resume_run
+from emgroup.train.checkpoint import TrainSettings
+from emgroup.train.trainer import PRECISIONS, cpu_has_native_bf16, new_run, resume_run
 
 DEFAULTS = TrainSettings()
 FILE = click.Path(path_type=Path)
 
 
 def _model_options() -> dict[str, click.Option]:
-    """Config field name -> click option, over the fields of every available model (defaults stay None, so the
+    """Config field name -> click option, over the fields of every model (defaults stay None, so the
     chosen model's own default applies; the help lists each model's default)."""
     owners: dict[str, list] = {}
-    for name in registry.available():
+    for name in registry.MODELS:
         config = registry.model_class(name).Config
         types = typing.get_type_hints(config)
         for field in dataclasses.fields(config):
@@ -96,7 +97,7 @@ _PARAMS = [
     click.Argument(["particles"], type=FILE, required=False),
     click.Option(["-o", "--rundir"], type=FILE, required=True,
                  help="Run folder: config.json, metrics.csv, checkpoints/{last,best}.pt."),
-    click.Option(["--model"], type=click.Choice(registry.available()), default=None,
+    click.Option(["--model"], type=click.Choice(list(registry.MODELS)), default=None,
                  help="spatial: spatial-VAE; target: TARGET-VAE; masked: masked-latent group action; vae: VAE / "
                       "beta-VAE baseline. [required unless --resume]"),
     click.Option(["--epochs"], type=click.IntRange(1), default=DEFAULTS.epochs, show_default=True,

@@ -1,4 +1,5 @@
-"""Poses: RELION's Euler angles, quaternions, random rotations, and the in-plane model <-> RELION conversion.
+"""Poses: RELION's Euler angles and the in-plane model <-> RELION conversion (quaternions and random rotations:
+:mod:`emgroup.geometry`).
 
 RELION's Euler angles (rot, tilt, psi) in degrees are ZYZ; the matrix ``A = euler_to_matrix(rot, tilt, psi)`` is
 RELION's ``Euler_angles2matrix``: a particle image is the projection along z of the volume rotated by ``A``,
@@ -38,22 +39,6 @@ def matrix_to_euler(matrices) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rot = np.where(gimbal, 0.0, rot)
     psi = np.where(gimbal, np.arctan2(-a[:, 1, 0] * flip, a[:, 0, 0] * flip), psi)
     return np.degrees(rot), np.degrees(tilt), np.degrees(psi)
-
-
-def matrix_to_quaternion(matrices) -> np.ndarray:
-    """(N, 4) unit quaternions (w, x, y, z), w >= 0, of (N, 3, 3) rotation matrices (the same rotation)."""
-    q = Rotation.from_matrix(np.asarray(matrices, dtype=float).reshape(-1, 3, 3)).as_quat(scalar_first=True)
-    return q * np.where(q[:, :1] < 0, -1.0, 1.0)
-
-
-def quaternion_to_matrix(quaternions) -> np.ndarray:
-    """(N, 3, 3) rotation matrices from (N, 4) quaternions (w, x, y, z) (normalised first)."""
-    return Rotation.from_quat(np.asarray(quaternions, dtype=float).reshape(-1, 4), scalar_first=True).as_matrix()
-
-
-def random_rotations(n: int, rng: np.random.Generator) -> np.ndarray:
-    """(n, 3, 3) rotation matrices drawn uniformly (Haar measure) from SO(3)."""
-    return Rotation.random(n, rng=rng).as_matrix().reshape(n, 3, 3)
 
 
 def rotate_2d(theta, vectors) -> np.ndarray:

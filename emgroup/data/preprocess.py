@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from emgroup.data.stack import ParticleStack, require_finite, write_particles
 from emgroup.errors import InputError
+from emgroup.geometry import squared_distances
 
 #: STAR column holding the seeded train/validation split (values ``train`` and ``val``)
 SPLIT_COLUMN = "rlnEmgroupSplit"
@@ -42,19 +43,14 @@ def invert(images: np.ndarray) -> np.ndarray:
     return -np.asarray(images, dtype=np.float32)
 
 
-def background_mask(box: int, radius: float | None = None) -> np.ndarray:
-    """Boolean ``(D, D)``: pixels farther than ``radius`` (px, default ``D / 2``) from the centre ``D // 2``."""
-    radius = box / 2 if radius is None else radius
-    y, x = np.ogrid[:box, :box]
-    return (x - box // 2) ** 2 + (y - box // 2) ** 2 > radius**2
-
-
 def normalize(images: np.ndarray, radius: float | None = None) -> np.ndarray:
     """Per image, subtract the background mean and divide by the background standard deviation, the background
     being the pixels outside a circle of ``radius`` px (default ``D / 2``) about the centre (RELION's --norm with
     --no_ramp). A constant background gives non-finite values (the caller checks)."""
     images = np.asarray(images, dtype=np.float32)
-    background = images[:, background_mask(images.shape[-1], radius)].astype(np.float64)
+    box = images.shape[-1]
+    outside = squared_distances(box).numpy() > (box / 2 if radius is None else radius) ** 2
+    background = images[:, outside].astype(np.float64)
     mean, std = background.mean(axis=1), background.std(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         return ((images - mean[:, None, None]) / std[:, None, None]).astype(np.float32)

@@ -1,5 +1,5 @@
 """Simulated cryo-EM data with known truth: densities from atoms, conformations, RELION-convention projections,
-CTF and noise, and rotated volumes.
+CTF and noise.
 
 Conventions are RELION's (see :mod:`emgroup.data.poses`, :mod:`emgroup.ctf`): a particle with Euler angles
 (rot, tilt, psi) and origin ``o`` is ``image(x) = sum_z V(A^T (x + o, z))`` with ``A = euler_to_matrix(...)``,
@@ -12,12 +12,12 @@ import gemmi
 import numpy as np
 import pandas as pd
 import scipy.fft
-from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from emgroup.ctf import ctf_parameters, ctf_rfft
-from emgroup.data.poses import euler_to_matrix, matrix_to_euler, random_rotations
+from emgroup.data.poses import euler_to_matrix, matrix_to_euler
 from emgroup.errors import InputError
+from emgroup.geometry import random_rotations_numpy
 
 #: noise is calibrated on the CTF-applied signal of this many particles (the first ones)
 NOISE_CALIBRATION = 1000
@@ -179,7 +179,7 @@ def sample_poses(n: int, rng: np.random.Generator, views: str = "inplane", rotat
     N(0, shift_sigma_px^2) pixels per axis.
     """
     if views == "random3d":
-        rot, tilt, _ = matrix_to_euler(random_rotations(n, rng))
+        rot, tilt, _ = matrix_to_euler(random_rotations_numpy(n, rng))
     else:
         rot = tilt = np.zeros(n)
     psi = {"uniform": lambda: rng.uniform(-180.0, 180.0, n), "normal": lambda: rng.normal(0.0, rotation_sigma, n),
@@ -250,12 +250,3 @@ def render_particles(projector: FourierProjector, table: pd.DataFrame, conformat
             particles += rng.normal(0.0, noise_sigma, particles.shape).astype(np.float32)
         yield images_from_rfft(spectra, box), particles
 
-
-def rotate_volumes(volumes, matrices, conformation) -> Iterator[np.ndarray]:
-    """Yield float32 (D, D, D) volumes ``V_k(A^T r)`` about the centre D // 2 (cubic spline) for each rotation
-    (N, 3, 3) and conformation index (N,) -- the object turned by ``A`` (RELION's matrix)."""
-    box = np.asarray(volumes).shape[-1]
-    centre = np.full(3, box // 2)
-    for matrix, k in zip(matrices, conformation):
-        inverse = np.asarray(matrix).T[::-1, ::-1]  # acts on (z, y, x) indices
-        yield ndimage.affine_transform(volumes[k], inverse, offset=centre - inverse @ centre, order=3).astype(np.float32)

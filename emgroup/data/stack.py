@@ -6,7 +6,6 @@ Images are read on demand from memory-mapped files (never the whole stack unless
 """
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,8 @@ from emgroup.errors import InputError
 from emgroup.io.atomic import written_together
 from emgroup.io.cryosparc import read_cs
 from emgroup.io.mrc import StackWriter, open_stack, read_voxel_size
-from emgroup.io.star import format_image_name, optics_table, parse_image_name, read_star, write_star
+from emgroup.io.star import (format_image_name, optics_table, parse_image_name, read_star, relative_to_cwd,
+                              write_star)
 from emgroup.io.topaz import read_topaz
 
 #: shifts in Å, rescaled when --apix overrides the pixel size the input states
@@ -117,7 +117,7 @@ class ParticleStack:
             meta, optics, records = read_cs(path)
         elif suffix in (".mrcs", ".mrc"):
             images = open_stack(path)
-            meta = pd.DataFrame({"rlnImageName": format_image_name(np.arange(len(images)), _relative_to_cwd(path)),
+            meta = pd.DataFrame({"rlnImageName": format_image_name(np.arange(len(images)), relative_to_cwd(path)),
                                  "rlnOpticsGroup": 1})
             optics = optics_table(read_voxel_size(path) or np.nan, images.shape[-1])
         else:
@@ -163,7 +163,7 @@ class ParticleStack:
         apix, stated = _one_pixel_size(meta, optics, apix, files[0], table_path)
         if stated is not None and apix != stated:  # the same shifts in pixels at the pixel size given
             meta = _rescaled_origins(meta, apix / stated)
-        from_cwd = np.array([_relative_to_cwd(f) for f in files])
+        from_cwd = np.array([relative_to_cwd(f) for f in files])
         meta = meta.assign(rlnImageName=format_image_name(index, from_cwd[file_id]))
         return cls(meta, _set_image(optics, apix, box), apix, reader, path=table_path, records=records)
 
@@ -185,7 +185,7 @@ class ParticleStack:
         inside = (x0 >= 0) & (y0 >= 0) & (x0 + box <= width) & (y0 + box <= height)
         if not inside.any():
             raise InputError(f"every box of {box} px crosses a micrograph edge", coords)
-        meta = pd.DataFrame({"rlnMicrographName": [_relative_to_cwd(f) for f in files]}).iloc[file_id[inside]]
+        meta = pd.DataFrame({"rlnMicrographName": [relative_to_cwd(f) for f in files]}).iloc[file_id[inside]]
         score = table["score"].to_numpy()[inside]
         meta = meta.reset_index(drop=True).assign(
             rlnCoordinateX=table["x_coord"].to_numpy()[inside], rlnCoordinateY=table["y_coord"].to_numpy()[inside],
@@ -265,7 +265,7 @@ def write_particles(star_path, chunks, meta: pd.DataFrame, optics: pd.DataFrame,
         raise ValueError("write_particles needs a first chunk with at least one image")
     box = first.shape[-1]
     meta = meta.reset_index(drop=True).assign(
-        rlnImageName=format_image_name(np.arange(len(meta)), _relative_to_cwd(mrcs_path)))
+        rlnImageName=format_image_name(np.arange(len(meta)), relative_to_cwd(mrcs_path)))
     if "rlnOpticsGroup" not in meta:
         meta["rlnOpticsGroup"] = int(optics["rlnOpticsGroup"].iloc[0])
     with written_together(), StackWriter(mrcs_path, len(meta), box, apix) as out:
@@ -274,11 +274,6 @@ def write_particles(star_path, chunks, meta: pd.DataFrame, optics: pd.DataFrame,
             out.write(chunk)
         write_star(star_path, meta, _set_image(optics, apix, box))
     return star_path
-
-
-def _relative_to_cwd(path: Path) -> str:
-    """``path`` as RELION, run from the working directory, finds it."""
-    return os.path.relpath(Path(path).resolve(), Path.cwd())
 
 
 def _listed(values) -> str:

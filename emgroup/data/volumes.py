@@ -8,7 +8,6 @@ transposed to k-j-i so that its first axis is z; a 4-D NIfTI file holds one volu
 The voxel size ``apix`` is in Å for MRC (STAR optics or header) and in the NIfTI header's units (mm for MRI).
 """
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ import pandas as pd
 
 from emgroup.errors import InputError
 from emgroup.io.mrc import open_volume
-from emgroup.io.star import format_image_name, optics_table, parse_image_name, read_star
+from emgroup.io.star import format_image_name, optics_table, parse_image_name, read_star, relative_to_cwd
 
 VOLUME_SUFFIXES = (".mrc", ".map", ".nii", ".nii.gz")
 
@@ -137,7 +136,7 @@ class VolumeStack:
             apix = float(stated[0]) if len(stated) else (sizes.pop() if len(sizes) == 1 else None)
             if apix is None:
                 raise InputError("no voxel size in the metadata or the file headers; pass --apix", path)
-        relative = np.array([os.path.relpath(Path(f).resolve(), Path.cwd()) for f in files])[file_id]
+        relative = np.array([relative_to_cwd(f) for f in files])[file_id]
         several = np.asarray(counts)[file_id] > 1
         meta = meta.assign(rlnImageName=np.where(several, format_image_name(index, relative), relative))
         optics = (optics if optics is not None else optics_table(apix, box)).assign(

@@ -4,6 +4,7 @@ A particles table is a DataFrame with RELION labels as columns; an optics table 
 Pixel sizes in Å, voltage in kV, spherical aberration in mm, shifts (``rlnOriginXAngst/YAngst``) in Å.
 """
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,12 @@ def write_star(path, particles: pd.DataFrame, optics: pd.DataFrame) -> None:
     optics = optics[OPTICS_COLUMNS + [c for c in optics if c not in OPTICS_COLUMNS]]
     with atomic_path(path) as tmp:
         starfile.write({"optics": optics, "particles": particles}, tmp, float_format="%.9g")
+
+
+def relative_to_cwd(path) -> str:
+    """``path`` as a STAR file's image or micrograph name: relative to the working directory, from which RELION
+    (run in the project directory) resolves it."""
+    return os.path.relpath(Path(path).resolve(), Path.cwd())
 
 
 def format_image_name(index0, path):

@@ -69,10 +69,12 @@ class Model(nn.Module):
 
     @classmethod
     def from_config(cls, options: dict, box: int) -> "Model":
-        """Build from a dict of options (unknown keys and ``None`` values are ignored: defaults apply)."""
-        names = {f.name for f in dataclasses.fields(cls.Config)}
-        config = cls.Config(**{k: v for k, v in options.items() if k in names and v is not None})
-        return cls(config, box)
+        """Build from a dict of ``Config`` field values (``None`` values take the defaults); ValueError naming any
+        key that is not a field."""
+        unknown = sorted(set(options) - {f.name for f in dataclasses.fields(cls.Config)})
+        if unknown:
+            raise ValueError(f"{cls.__name__} has no option {', '.join(map(repr, unknown))}")
+        return cls(cls.Config(**{k: v for k, v in options.items() if v is not None}), box)
 
     @property
     def uses_ctf(self) -> bool:

@@ -40,11 +40,6 @@ def transform_grid(grid: torch.Tensor, theta=None, shift_px=None) -> torch.Tenso
     return out
 
 
-def wrap_angle(theta: torch.Tensor) -> torch.Tensor:
-    """Angles mapped to [-pi, pi)."""
-    return torch.remainder(theta + math.pi, 2 * math.pi) - math.pi
-
-
 def resample_images(images: torch.Tensor, theta=None, shift_px=None, mode: str = "bilinear",
                     padding: str = "zeros") -> torch.Tensor:
     """Batched, on-device ``out(x) = images(R(theta) @ x + shift)``: (N, D, D) -> (N, D, D), zeros outside

@@ -15,17 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from emgroup.geometry import ball_mask
+
 #: smallest kernel (px) for which the lifting convolution uses the FFT, per device type (benchmarks/throughput.py,
 #: TARGET-VAE P8 training step: H100, direct wins at 22 px, FFT at 36 px by 1.1x and at 56 px by 2x in time and 2.5x
 #: in memory; 2 CPU cores, direct wins at 22 px, the two are even at 36 px, FFT wins at 56 px by 1.35x:
 #: throughput.json against throughput_cpu_direct_lifting.json in benchmarks/results)
 FFT_MIN_KERNEL = {"cuda": 32, "cpu": 48}
-
-
-def disc_mask(size: int, device=None) -> torch.Tensor:
-    """(size, size) float mask of the disc of diameter ``size`` centred on the array centre ``(size - 1) / 2``."""
-    axis = torch.arange(size, device=device, dtype=torch.float32) - (size - 1) / 2
-    return ((axis[:, None] ** 2 + axis[None, :] ** 2) <= (size / 2) ** 2).float()
 
 
 def _shear(images: torch.Tensor, factors: torch.Tensor, dim: int) -> torch.Tensor:
@@ -51,7 +47,7 @@ def rotated_kernels(weight: torch.Tensor, rotations: int) -> torch.Tensor:
     if rotations % 4:
         raise ValueError(f"the number of rotations must be a multiple of 4, not {rotations}")
     c_out, c_in, k, _ = weight.shape
-    mask = disc_mask(k, weight.device)
+    mask = ball_mask(k, centre=(k - 1) / 2, device=weight.device)  # the disc about the array centre
     pad = k // 2  # room for the sheared intermediate images
     base = F.pad(weight * mask, (pad,) * 4).reshape(1, c_out * c_in, k + 2 * pad, k + 2 * pad)
     angles = torch.arange(rotations // 4, device=weight.device, dtype=weight.dtype) * (2 * math.pi / rotations)

@@ -35,9 +35,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from emgroup.ctf import apply_ctf, ctf_rfft, rotate_ctf_parameters
+from emgroup.geometry import ball_mask, random_rotations, rotate_volumes
 from emgroup.models.base import Model, ctf_option, option
 from emgroup.models.grids import resample_images, rotation_matrix
-from emgroup.models.so3 import ball_mask, random_rotations, rotate_volumes
 
 #: side (px) the latent grid is brought down to when ``stages`` is 0 (the paper's 28 px -> 7 px)
 LATENT_SIDE = 8
@@ -131,8 +131,7 @@ class MaskedGroupAction(Model):
                              persistent=False)
         self.register_buffer("support", ball_mask(box, d), persistent=False)
         # the spatial latent grid keeps its inscribed disc/ball (about its geometric centre): what g turns out of it
-        centre = (torch.arange(self.side) - (self.side - 1) / 2) * (2.0 / self.side)
-        disc = (sum(a ** 2 for a in torch.meshgrid(*(centre,) * d, indexing="ij")) < 1).float()
+        disc = ball_mask(self.side, d, centre=(self.side - 1) / 2)
         self.register_buffer("latent_support", disc if config.action == "spatial" else torch.ones(()),
                              persistent=False)
 

@@ -1,7 +1,6 @@
 """Model name -> class. `emgroup train --model NAME` and checkpoints use these names."""
 
 import importlib
-import importlib.util
 
 #: name -> "module:Class" inside emgroup.models (imported on first use)
 MODELS = {
@@ -10,11 +9,6 @@ MODELS = {
     "target": "target_vae:TargetVAE",
     "masked": "masked:MaskedGroupAction",
 }
-
-
-def available() -> list[str]:
-    """Names of the models whose module is present in this installation."""
-    return [name for name in MODELS if importlib.util.find_spec(f"emgroup.models.{MODELS[name].split(':')[0]}")]
 
 
 def model_class(name: str):

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 
 import torch
 
+from emgroup.geometry import parse_angle_distribution, wrap_angle
 from emgroup.models import losses
 from emgroup.models.base import Model, option
 from emgroup.models.generator import CoordinateGenerator
-from emgroup.models.grids import coordinate_grid, resample_images, transform_grid, wrap_angle
+from emgroup.models.grids import coordinate_grid, resample_images, transform_grid
 from emgroup.models.mlp import MLPConfig, mlp, noise_log_sigma, sample_gaussian
 from emgroup.models.pose_search import search_inplane_pose
 
@@ -29,16 +30,8 @@ UNIFORM_THETA_WIDTH = math.pi
 
 def parse_theta_prior(spec: str) -> float | None:
     """'uniform' -> None (no prior mean: eq. 3); 'normal:SIGMA_DEG' -> sigma in radians. ValueError otherwise."""
-    if spec == "uniform":
-        return None
-    kind, _, sigma = spec.partition(":")
-    try:
-        value = float(sigma) if kind == "normal" else -1.0
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise ValueError(f"--theta-prior must be 'uniform' or 'normal:SIGMA_DEG' with SIGMA_DEG > 0, not {spec!r}")
-    return math.radians(value)
+    kind, sigma = parse_angle_distribution(spec, "--theta-prior")
+    return None if kind == "uniform" else math.radians(sigma)
 
 
 @dataclass

@@ -25,10 +25,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from emgroup.geometry import parse_angle_distribution, wrap_angle
 from emgroup.models import losses
 from emgroup.models.base import Model, check_ctf_likelihood, ctf_option, option
 from emgroup.models.generator import CoordinateGenerator
-from emgroup.models.grids import coordinate_grid, pixel_size, rotation_matrix, transform_grid, wrap_angle
+from emgroup.models.grids import coordinate_grid, pixel_size, rotation_matrix, transform_grid
 from emgroup.models.groupconv import GroupConv1x1, LiftingConv
 from emgroup.models.mlp import noise_log_sigma, sample_gaussian
 
@@ -78,14 +79,8 @@ class TargetVAEConfig:
 
 def rotation_log_prior(spec: str, angles: torch.Tensor) -> torch.Tensor:
     """Unnormalized log p(r) at the group angles (r,) rad for 'uniform' or 'normal:SIGMA_DEG'."""
-    kind, _, sigma = spec.partition(":")
-    try:
-        sigma = math.radians(float(sigma)) if kind == "normal" else (0.0 if spec == "uniform" else -1.0)
-    except ValueError:
-        sigma = -1.0
-    if sigma < 0 or (kind == "normal" and sigma == 0):
-        raise ValueError(f"--rotation-prior must be 'uniform' or 'normal:SIGMA_DEG' with SIGMA_DEG > 0, not {spec!r}")
-    return torch.zeros_like(angles) if spec == "uniform" else -0.5 * (wrap_angle(angles) / sigma) ** 2
+    kind, sigma = parse_angle_distribution(spec, "--rotation-prior")
+    return torch.zeros_like(angles) if kind == "uniform" else -0.5 * (wrap_angle(angles) / math.radians(sigma)) ** 2
 
 
 class TargetVAE(Model):

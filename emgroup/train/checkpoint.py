@@ -8,6 +8,7 @@ validation improvement). A checkpoint is a dict: ``model`` (state dict), ``optim
 memory, or None), ``history`` (the metrics rows so far) and ``config``.
 """
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -18,6 +19,28 @@ import torch
 from emgroup.errors import InputError
 from emgroup.io.atomic import atomic_path
 from emgroup.models.registry import build_model
+
+@dataclasses.dataclass
+class TrainSettings:
+    """Options of the loop itself (a model's own options live in its ``Config``)."""
+
+    epochs: int = 50  # maximum number of passes over the training particles
+    batch_size: int = 100  # particles per optimisation step, over all processes
+    lr: float = 1e-3  # Adam learning rate
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_workers: int = 0  # DataLoader worker processes
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 on CUDA only)
+    val_fraction: float | None = None  # None: the preprocess split column, else 0.1
+    plateau_patience: int = 10  # epochs without improvement before the learning rate is halved
+    early_stop: int = 20  # epochs without improvement before training stops
+
+
+def run_model_options(config: dict) -> dict:
+    """The options of a run's model: its config's ``options`` less the :class:`TrainSettings`."""
+    settings = {f.name for f in dataclasses.fields(TrainSettings)}
+    return {name: value for name, value in config["options"].items() if name not in settings}
+
 
 CONFIG = "config.json"
 METRICS = "metrics.csv"
@@ -53,9 +76,13 @@ def load_run(rundir, checkpoint: str = "best", device="cpu"):
 
     ``checkpoint`` is ``"best"``, ``"last"`` or a path to a ``.pt`` file.
     """
-    state = load_checkpoint(checkpoint_path(rundir, checkpoint), device)
+    path = checkpoint_path(rundir, checkpoint)
+    state = load_checkpoint(path, device)
     config = state["config"]
-    model = build_model(config["model"], config["options"], config["box"])
+    try:
+        model = build_model(config["model"], run_model_options(config), config["box"])
+    except ValueError as err:
+        raise InputError(f"its config does not build a --model {config['model']}: {err}", path) from None
     model.load_state_dict(state["model"])
     return model.to(device).eval(), config
 

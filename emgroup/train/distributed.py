@@ -39,11 +39,6 @@ def init(processes: Processes, device: torch.device) -> None:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
-def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def all_sum(values: torch.Tensor) -> torch.Tensor:
     """``values`` summed over all processes (returned, not modified in place)."""
     values = values.clone()
@@ -59,15 +54,6 @@ def all_gather(obj) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-def broadcast(obj):
-    """Rank 0's ``obj`` on every process."""
-    if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def barrier() -> None:

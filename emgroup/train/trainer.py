@@ -15,7 +15,6 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +27,12 @@ from emgroup.data.ctf import DEFOCUS_LABELS, has_ctf
 from emgroup.data.stack import require_finite
 from emgroup.errors import InputError
 from emgroup.io.atomic import atomic_path
-from emgroup.models.registry import available, model_class
+from emgroup.models.registry import MODELS, model_class
 from emgroup.signals import sigterm_interrupts
 from emgroup.train import distributed
-from emgroup.train.checkpoint import (CHECKPOINTS, CONFIG, METRICS, checkpoint_path, load_checkpoint, read_config,
-                                      rng_state, save_checkpoint, set_rng_state, write_config)
+from emgroup.train.checkpoint import (CHECKPOINTS, CONFIG, METRICS, TrainSettings, checkpoint_path, load_checkpoint,
+                                      read_config, rng_state, run_model_options, save_checkpoint, set_rng_state,
+                                      write_config)
 from emgroup.train.data import batch_loader, open_particles, split_indices
 
 #: --precision -> autocast dtype (None: no autocast); fp16 applies on CUDA only
@@ -42,22 +42,6 @@ RESUME_MAY_CHANGE = ("epochs", "device", "num_workers")
 #: relative decrease of the monitored loss that counts as an improvement (best.pt, early stopping; the LR
 #: schedule uses ReduceLROnPlateau's own default, also 1e-4 relative)
 MIN_IMPROVEMENT = 1e-4
-
-
-@dataclass
-class TrainSettings:
-    """Options of the loop itself (a model's own options live in its ``Config``)."""
-
-    epochs: int = 50  # maximum number of passes over the training particles
-    batch_size: int = 100  # particles per optimisation step, over all processes
-    lr: float = 1e-3  # Adam learning rate
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    num_workers: int = 0  # DataLoader worker processes
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 on CUDA only)
-    val_fraction: float | None = None  # None: the preprocess split column, else 0.1
-    plateau_patience: int = 10  # epochs without improvement before the learning rate is halved
-    early_stop: int = 20  # epochs without improvement before training stops
 
 
 def resolve_device(name: str, processes: distributed.Processes) -> torch.device:
@@ -105,7 +89,7 @@ class Trainer:
             raise InputError(f"--batch-size {settings.batch_size} is smaller than the {world} processes")
         seed_everything(settings.seed)  # the same initial weights in every process
         try:
-            self.model = model_class(config["model"]).from_config(config["options"], stack.box).to(self.device)
+            self.model = model_class(config["model"]).from_config(run_model_options(config), stack.box).to(self.device)
         except ValueError as err:
             raise InputError(f"--model {config['model']}: {err}") from None
         distributed.init(self.processes, self.device)
@@ -344,8 +328,8 @@ def new_run(particles, rundir, model: str, model_options: dict, settings: TrainS
         raise InputError("run folder is a file", rundir)
     if holds_run(rundir) and not force:
         raise InputError("holds another run; pass --resume to continue it or --force to replace it", rundir)
-    if model not in available():
-        raise InputError(f"unknown model {model!r} (available: {', '.join(available())})")
+    if model not in MODELS:
+        raise InputError(f"unknown model {model!r} (available: {', '.join(MODELS)})")
     if settings.precision not in PRECISIONS:
         raise InputError(f"--precision {settings.precision}: expected one of {', '.join(PRECISIONS)}")
     cls = model_class(model)

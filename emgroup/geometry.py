@@ -1,14 +1,39 @@
-"""SO(3) in torch: quaternions <-> matrices, uniform random rotations, batched on-device volume rotation.
+"""Rotations, angles (and the option string of an angle distribution) and masks shared by every layer: one
+implementation each, in torch; numpy twins (named ``*_numpy``) only where `emgroup simulate` must reproduce the same
+data for the same numpy seed.
 
-The voxel grid follows :mod:`emgroup.models.grids` one dimension up: voxel (z, y, x) = (k, i, j) has normalized
-coordinates ``((j, i, k) - D // 2) / (D / 2)`` ordered (x, y, z). :func:`rotate_volumes` computes
-``out(x) = vol(R @ x)``, like ``resample_images``; so a volume turned by RELION's matrix ``A`` (a point ``p`` of the
-object moves to ``A p``, as `emgroup simulate --volumes` writes them) is ``rotate_volumes(vol, A^T)``.
+Pixel/voxel grids are centred on index ``D // 2`` (RELION's centre). Volumes are (D, D, D) z-y-x and rotation
+matrices act on (x, y, z): voxel (z, y, x) = (k, i, j) has normalized coordinates ``((j, i, k) - D // 2) / (D / 2)``
+(:mod:`emgroup.models.grids` one dimension up). :func:`rotate_volumes` computes ``out(x) = vol(R @ x)``, like
+``resample_images``; so a volume turned by RELION's matrix ``A`` (a point ``p`` of the object moves to ``A p``, as
+`emgroup simulate --volumes` writes them) is ``rotate_volumes(vol, A^T)``. Quaternions are (w, x, y, z).
 """
 
+import contextlib
 import math
 
+import numpy as np
 import torch
+from scipy import ndimage
+from scipy.spatial.transform import Rotation
+
+
+def wrap_angle(theta):
+    """Angles (radians; numpy array or torch tensor, returned as such) mapped to [-pi, pi)."""
+    return (theta + math.pi) % (2 * math.pi) - math.pi
+
+
+def parse_angle_distribution(spec: str, option: str, plain=("uniform",)) -> tuple[str, float]:
+    """``(kind, sigma_deg)`` of an angle distribution option: one of the parameterless ``plain`` kinds (sigma 0) or
+    ``normal:SIGMA_DEG`` (mean 0, 0 < SIGMA_DEG < inf). ValueError naming ``option`` and ``spec`` otherwise."""
+    kind, _, sigma = spec.partition(":")
+    if kind in plain and not sigma:
+        return kind, 0.0
+    with contextlib.suppress(ValueError):
+        if kind == "normal" and 0 < float(sigma) < math.inf:
+            return kind, float(sigma)
+    raise ValueError(f"{option}: {spec!r} is not {', '.join(plain)} or normal:SIGMA_DEG (degrees, 0 < SIGMA_DEG < inf, "
+                     "e.g. normal:30)")
 
 
 def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
@@ -42,6 +67,13 @@ def matrix_to_quaternion(m: torch.Tensor) -> torch.Tensor:
     return torch.where(q[..., :1] < 0, -q, q)
 
 
+def matrix_to_quaternion_numpy(matrices) -> np.ndarray:
+    """float64 (N, 4) unit quaternions (w, x, y, z), w >= 0, of (N, 3, 3) rotation matrices, by scipy: the digits
+    `emgroup simulate --volumes` writes as ``rlnEmgroupQuatW/X/Y/Z``."""
+    q = Rotation.from_matrix(np.asarray(matrices, dtype=float).reshape(-1, 3, 3)).as_quat(scalar_first=True)
+    return q * np.where(q[:, :1] < 0, -1.0, 1.0)
+
+
 def rotation_angle(m: torch.Tensor) -> torch.Tensor:
     """(N,) rotation angles in radians, in [0, pi], of (N, 3, 3) rotation matrices."""
     trace = torch.diagonal(m, dim1=-2, dim2=-1).sum(-1)
@@ -68,12 +100,24 @@ def random_rotations(n: int, max_angle: float = math.pi, generator=None, device=
     return quaternion_to_matrix(torch.cat([torch.cos(angle / 2)[:, None], torch.sin(angle / 2)[:, None] * axis], -1))
 
 
-def ball_mask(box: int, ndim: int = 3, device=None, dtype=torch.float32) -> torch.Tensor:
-    """(D,) * ndim mask: 1 on pixels/voxels less than D / 2 from the centre D // 2 (the inscribed disc or ball),
-    0 in the corners that rotations move in and out of the box."""
-    axis = (torch.arange(box, device=device, dtype=dtype) - box // 2) * (2.0 / box)
-    squared = sum(a ** 2 for a in torch.meshgrid(*(axis,) * ndim, indexing="ij"))
-    return (squared < 1).to(dtype)
+def random_rotations_numpy(n: int, rng: np.random.Generator) -> np.ndarray:
+    """float64 (n, 3, 3) rotation matrices drawn uniformly (Haar measure) from SO(3) with a numpy generator (the
+    draws of `emgroup simulate`, which the same seed must reproduce)."""
+    return Rotation.random(n, rng=rng).as_matrix().reshape(n, 3, 3)
+
+
+def squared_distances(box: int, ndim: int = 2, centre: float | None = None) -> torch.Tensor:
+    """float64 (D,) * ndim squared distances in px^2 (exact) of the pixels/voxels from ``centre`` on every axis
+    (default ``D // 2``, the grid centre; ``(D - 1) / 2`` is the array's geometric centre)."""
+    axis = torch.arange(box, dtype=torch.float64) - (box // 2 if centre is None else centre)
+    return sum(a ** 2 for a in torch.meshgrid(*(axis,) * ndim, indexing="ij"))
+
+
+def ball_mask(box: int, ndim: int = 2, centre: float | None = None, device=None,
+              dtype=torch.float32) -> torch.Tensor:
+    """(D,) * ndim mask: 1 on the pixels/voxels less than D / 2 from ``centre`` (default ``D // 2``; see
+    :func:`squared_distances`), the inscribed disc or ball; 0 in the corners that rotations move in and out of."""
+    return (squared_distances(box, ndim, centre) < (box / 2) ** 2).to(device=device, dtype=dtype)
 
 
 def rotate_volumes(volumes: torch.Tensor, matrices: torch.Tensor, mask: bool = True) -> torch.Tensor:
@@ -87,4 +131,13 @@ def rotate_volumes(volumes: torch.Tensor, matrices: torch.Tensor, mask: bool = T
     coords = coords + (2 * (box // 2) + 1 - box) / box
     out = torch.nn.functional.grid_sample(volumes[:, None], coords.reshape(n, box, box, box, 3), mode="bilinear",
                                           padding_mode="zeros", align_corners=False)[:, 0]
-    return out * ball_mask(box, 3, volumes.device, volumes.dtype) if mask else out
+    return out * ball_mask(box, 3, device=volumes.device, dtype=volumes.dtype) if mask else out
+
+
+def rotate_volume_numpy(volume, matrix) -> np.ndarray:
+    """float32 (D, D, D) ``out(x) = volume(R @ x)`` about the centre D // 2 by cubic spline (scipy, on the CPU), for
+    one volume (D, D, D) z-y-x and one matrix R (3, 3) acting on (x, y, z): how `emgroup simulate` turns volumes."""
+    box = np.asarray(volume).shape[-1]
+    centre = np.full(3, box // 2)
+    zyx = np.asarray(matrix)[::-1, ::-1]  # acts on (z, y, x) indices
+    return ndimage.affine_transform(volume, zyx, offset=centre - zyx @ centre, order=3).astype(np.float32)
