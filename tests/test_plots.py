@@ -125,3 +125,16 @@ def test_mask_plot_and_image_grid_labels(tmp_path, captured):
     assert [axes[0].get_ylabel(), axes[3].get_ylabel()] == ["input", "denoised"]
     assert [ax.get_xlabel() for ax in axes[3:]] == ["a", "b", "c"]
     assert_panels_differ(captured[-1]["panels"])
+
+
+def test_a_one_dimensional_latent_map_stacks_clusters_and_plots_z1_against_continuous_truth(tmp_path, captured):
+    rng = np.random.default_rng(2)
+    conformation = rng.uniform(size=300)
+    z = (2 * conformation + rng.normal(0, 0.1, 300))[:, None]
+    plots.latent_map(z, {"cluster": (conformation > 0.5) + 1, "true conformation": conformation}, tmp_path / "m.png")
+    figure = captured[-1]
+    assert_panels_differ(figure["panels"])
+    histogram, scatter = figure["figure"].axes[:2]
+    assert histogram.get_ylabel() == "particles" and sum(p.get_height() for p in histogram.patches) > 0
+    np.testing.assert_allclose(scatter.collections[0].get_offsets(), np.column_stack([z[:, 0], conformation]))
+    assert scatter.get_ylabel() == "true conformation"

@@ -34,11 +34,8 @@ def _save(fig, path, title=None) -> bytes:
 
 
 def embed_2d(z) -> tuple[np.ndarray, list[str]]:
-    """``(points (N, 2), axis labels)``: ``z`` (N, k) itself when k <= 2 (k = 1 gets a zero y), else its first two
-    principal components."""
+    """``(points (N, 2), axis labels)``: ``z`` (N, 2) itself, or for k > 2 its first two principal components."""
     z = np.asarray(z, dtype=float).reshape(len(z), -1)
-    if z.shape[1] == 1:
-        return np.column_stack([z[:, 0], np.zeros(len(z))]), ["z1", ""]
     if z.shape[1] == 2:
         return z, ["z1", "z2"]
     pca = PCA(2).fit(z)
@@ -46,25 +43,36 @@ def embed_2d(z) -> tuple[np.ndarray, list[str]]:
 
 
 def latent_map(z, colourings: dict, path, title=None) -> bytes:
-    """Scatter of the latent means ``z`` (N, k) (see :func:`embed_2d`), one panel per colouring
-    ``{title: values (N,)}``; integer values with at most :data:`MAX_CATEGORIES` levels get one colour each."""
-    points, labels = embed_2d(z)
+    """The latent means ``z`` (N, k), one panel per colouring ``{title: values (N,)}``: for k >= 2 a scatter of
+    the points (see :func:`embed_2d`), integer values with at most :data:`MAX_CATEGORIES` levels in one colour
+    each; for k = 1 a histogram of z1 stacked by level, or z1 against continuous values."""
+    z = np.asarray(z, dtype=float).reshape(len(z), -1)
+    points, labels = (z, ["z1", ""]) if z.shape[1] == 1 else embed_2d(z)
     fig, axes = plt.subplots(1, len(colourings), figsize=(4.5 * len(colourings), 4), squeeze=False,
                              layout="constrained")
     size = max(1.0, 20.0 / np.sqrt(max(len(points) / 100, 1)))
     for ax, (name, values) in zip(axes[0], colourings.items()):
         values = np.asarray(values)
         levels = np.unique(values)
+        ylabel = labels[1]
         if np.allclose(values, np.round(values)) and len(levels) <= MAX_CATEGORIES:
             palette = plt.cm.tab10 if len(levels) <= 10 else plt.cm.tab20
-            for i, level in enumerate(levels):
-                chosen = values == level
-                ax.scatter(points[chosen, 0], points[chosen, 1], s=size, linewidths=0, color=palette(i),
-                           label=f"{level:g}")
+            if z.shape[1] == 1:
+                ax.hist([points[values == level, 0] for level in levels], bins=50, stacked=True,
+                        color=[palette(i) for i in range(len(levels))], label=[f"{level:g}" for level in levels])
+                ylabel = "particles"
+            else:
+                for i, level in enumerate(levels):
+                    chosen = values == level
+                    ax.scatter(points[chosen, 0], points[chosen, 1], s=size, linewidths=0, color=palette(i),
+                               label=f"{level:g}")
             ax.legend(title=name, fontsize=7, markerscale=2, loc="best")
+        elif z.shape[1] == 1:
+            ax.scatter(points[:, 0], values, s=size, linewidths=0, alpha=0.6)
+            ylabel = name
         else:
             fig.colorbar(ax.scatter(points[:, 0], points[:, 1], c=values, s=size, linewidths=0), ax=ax, label=name)
-        ax.set(title=name, xlabel=labels[0], ylabel=labels[1])
+        ax.set(title=name, xlabel=labels[0], ylabel=ylabel)
     return _save(fig, path, title)
 
 

@@ -77,7 +77,7 @@ def report_html(heading: str, summary: dict, settings: dict, metrics: dict, figu
     sections = [("summary", "Summary", _table(summary))]
     if metrics:
         sections.append(("metrics", "Metrics against the truth", _table(
-            {f"{name}": (f"{value:.4g}", METRICS.get(name, "")) for name, value in metrics.items()},
+            {name: (f"{value:.4g}", METRICS.get(name, "")) for name, value in metrics.items()},
             header=("metric", "value", "what"))))
     for name, (title, caption) in FIGURES.items():
         if name in figures:
