@@ -111,7 +111,7 @@ def test_poses_histograms_and_predicted_against_true_with_the_frame_offset_remov
     np.testing.assert_allclose(true_deg, (np.degrees(theta_true) + 180) % 360 - 180)
     residual = (predicted_deg - true_deg + 180) % 360 - 180  # on the diagonal once the offset is taken off
     assert np.abs(residual).max() < 20 and abs(np.mean(residual)) < 1
-    assert "57°" in angle.get_ylabel() and "0.990" in angle.get_title() and "0.980" in x.get_title()
+    assert "predicted − 57°" in angle.get_ylabel() and "0.990" in angle.get_title() and "0.980" in x.get_title()
     np.testing.assert_allclose(y.collections[0].get_offsets(), np.column_stack([origin_true[:, 1],
                                                                                 truth["origin"][:, 1]]))
 

@@ -171,7 +171,8 @@ def poses(theta, shift_px, path, truth=None, title=None) -> bytes:
         theta_true, predicted = np.asarray(truth["theta_true"]), np.asarray(truth["theta"])
         offset = np.angle(np.mean(np.exp(1j * (predicted - theta_true))))  # the model's frame is its own
         pairs = [(_wrapped_degrees(theta_true), _wrapped_degrees(predicted - offset), "angle (degrees)",
-                  f"predicted − {np.degrees(offset):.0f}° (frame offset)", "circular corr."),
+                  f"predicted {'−' if offset >= 0 else '+'} {abs(np.degrees(offset)):.0f}° (frame offset)",
+                  "circular corr."),
                  *[(t, p, f"origin {axis} (Å, image frame)", "predicted", "Pearson") for t, p, axis in
                    zip(np.asarray(truth["origin_true"]).T, np.asarray(truth["origin"]).T, "xy")]]
         for ax, (true, predicted, name, ylabel, statistic), score in zip(axes[1], pairs, scores):

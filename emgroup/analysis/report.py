@@ -58,7 +58,7 @@ h1 { font-size: 1.5em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ccc; m
 nav a { margin-right: 1em; } img { max-width: 100%; border: 1px solid #ddd; }
 table { border-collapse: collapse; margin: 0.5em 0; } td, th { border: 1px solid #ccc; padding: 0.2em 0.6em; }
 th { background: #f0f0f0; text-align: left; } td.number { text-align: right; font-family: monospace; }
-pre { background: #f4f4f4; padding: 0.6em; overflow-x: auto; } .note { color: #555; }
+pre { background: #f4f4f4; padding: 0.6em; white-space: pre-wrap; } .note { color: #555; }
 """
 
 
