@@ -1,7 +1,9 @@
 """`emgroup analyze`: clustering, streamed inference through the model interface, and the command end to end —
 every output read back (by RELION 3.1 and as cryoSPARC records too), poses and classes consistent across files."""
 
+import base64
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from emgroup.io.cryosparc import read_cs
 from emgroup.io.star import optics_table, read_star
 from emgroup.models.registry import build_model
 from emgroup.train.checkpoint import load_run
+from figures import assert_not_blank, assert_self_contained, capture_figures, png_pixels
 
 BOX, APIX = 32, 3.0
 
@@ -232,7 +235,55 @@ def test_outputs_agree_with_each_other_and_read_back(analyzed, monkeypatch):
     assert all(-1 <= metrics[k] <= 1 for k in metrics if k != "latent_conformation_dim")
     figures = {p.name for p in (analyzed / "out/figures").iterdir()}
     assert {"latent_map.png", "class_averages.png", "class_decoded.png", "latent_traversal.png",
-            "training_curves.png", "poses.png"} <= figures
+            "training_curves.png", "poses.png", "denoised.png"} <= figures
+    for name in figures:
+        assert_not_blank(png_pixels((analyzed / "out/figures" / name).read_bytes()))
+
+
+@pytest.mark.slow
+def test_report_embeds_every_figure_the_metrics_and_settings_and_loads_nothing(analyzed):
+    text = (analyzed / "out/report.html").read_text()
+    page = assert_self_contained(text)
+    figures = sorted(p.read_bytes() for p in (analyzed / "out/figures").iterdir())
+    embedded = sorted(base64.b64decode(src.removeprefix("data:image/png;base64,")) for src in page.images)
+    assert embedded == figures  # every figure, exactly as written
+    assert "spatial model from run/ on sim/particles.star, 200 particles" in text
+    for name, value in json.loads((analyzed / "out/metrics.json").read_text()).items():
+        assert f"<th>{name}</th><td class=\"number\">{value:.4g}</td>" in text
+    config = json.loads((analyzed / "run/config.json").read_text())
+    assert f"<th>hidden</th><td class=\"number\">{config['options']['hidden']}</td>" in text
+    assert any("relion_refine --i out/class001.star" in c and "--ctf" in c for c in page.commands)
+    assert "Particle meta path: " + str((analyzed / "out/particles.cs").resolve()) in text
+
+
+@pytest.mark.slow
+def test_report_renders_in_a_headless_browser(analyzed, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium not installed (apt-get install -y chromium)")
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+                    "--window-size=1200,3000", "--hide-scrollbars", (analyzed / "out/report.html").resolve().as_uri()],
+                   check=True, capture_output=True, timeout=180)
+    pixels = png_pixels(shot.read_bytes())
+    assert pixels.shape == (3000, 1200, 3) and pixels.std() > 0.05
+    assert_not_blank(pixels, min_colours=200, min_drawn=0.05)
+    assert_not_blank(pixels[1500:], min_colours=100, min_drawn=0.05)  # the figures below the tables are drawn
+
+
+@pytest.mark.slow
+def test_each_figure_names_the_model_the_particles_and_their_number(analyzed, run_emgroup, monkeypatch):
+    monkeypatch.chdir(analyzed)
+    captured = capture_figures(monkeypatch)
+    result = run_emgroup("analyze", "run", "-o", "titled", "--clusters", 2, "--no-denoise", "--no-report",
+                         "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert len(captured) == len(list(Path("titled/figures").iterdir())) >= 6
+    for figure in captured:
+        assert figure["title"].endswith("\nspatial model from run/ on sim/particles.star, 200 particles")
+        for panel in figure["panels"]:
+            assert_not_blank(panel, min_colours=2)
+    assert not Path("titled/report.html").exists() and not Path("titled/figures/denoised.png").exists()
 
 
 @pytest.mark.slow
@@ -300,6 +351,23 @@ def test_relion_reads_every_output_and_its_own_alignment_gives_our_class_average
     assert np.all(image_correlation(theirs, mrcfile.read("out/class_averages.mrcs")) >= 0.95)
 
 
+@pytest.mark.slow
+@pytest.mark.relion
+def test_the_reports_relion_commands_run(analyzed, tmp_path):
+    """Every shell command on the report but the GUI viewer runs as written (RELION's 2-D classification for one
+    iteration, on one thread) and does what the report says."""
+    commands = assert_self_contained((analyzed / "out/report.html").read_text()).commands
+    script = "\n".join(c.replace("--iter 25", "--iter 1").replace("--j 4", "--j 1") for c in commands
+                       if not c.startswith("relion_display"))
+    assert script.startswith(f"cd {analyzed}") and "relion_refine" in script
+    subprocess.run(["bash", "-e", "-c", script], check=True, capture_output=True, cwd=tmp_path)
+    particles, _ = read_star(analyzed / "out/particles.star")
+    selected, _ = read_star(analyzed / "out/class001.star")
+    assert len(selected) == (particles["rlnClassNumber"] == 1).sum() > 0
+    assert mrcfile.read(analyzed / "Class2D/emgroup_class001/run_it001_classes.mrcs").shape == (3, BOX, BOX)
+    assert mrcfile.read(analyzed / "out/aligned.mrcs").shape == (200, BOX, BOX)
+
+
 # --- volumes ----------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -352,7 +420,10 @@ def test_volume_outputs_agree_with_the_model_and_the_input(analyzed_volumes, mon
     assert 0 <= metrics["latent_conformation_abs_pearson"] <= 1
     figures = {p.name for p in Path("out/figures").iterdir()}
     assert {"latent_map.png", "class_decoded.png", "latent_traversal.png", "mask.png", "latent_swap.png",
-            "group_action.png"} <= figures and "class_averages.png" not in figures
+            "group_action.png", "denoised.png"} <= figures and "class_averages.png" not in figures
+    page = assert_self_contained(Path("out/report.html").read_text())
+    assert len(page.images) == len(figures) and "class_averages" not in page.ids
+    assert any("out/volumes.star" in command for command in page.commands)
 
 
 @pytest.mark.slow

@@ -4,12 +4,13 @@ Two streamed passes over the particles (memory bounded by the batch): (1) encode
 ``latents.h5``, the model's reconstructions into ``denoised.mrcs``; then clustering of the latent means;
 (2) class averages of the particles brought into the canonical frame by their inferred pose. Volume models
 (:func:`analyze_volumes`) get the first pass and the clustering; their reconstructions are one MRC file per volume.
-Every output file is written atomically. See ``docs/analyze.md`` for the files and their units.
+Every output file is written atomically; ``report.html`` (:mod:`emgroup.analysis.report`) gathers the figures,
+metrics and settings on one page. See ``docs/analyze.md`` for the files and their units.
 """
 
 import contextlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import h5py
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 from sklearn.decomposition import PCA
 
-from emgroup.analysis import plots
+from emgroup.analysis import plots, report
 from emgroup.analysis.class_averages import class_averages
 from emgroup.analysis.clustering import Clusters, cluster_latents
 from emgroup.analysis.frames import class_frames, to_common_frame
@@ -46,13 +47,15 @@ TRUE_CLASS, TRUE_CONFORMATION = "rlnEmgroupTrueClass", "rlnEmgroupTrueConformati
 MAX_STATES = 10
 #: the group-action figure: particles shown (nearest to the first cluster centres) and rotation angles (degrees)
 ACTION_EXAMPLES, ACTION_ANGLES = 3, (0, 45, 90, 135, 180, 225, 270, 315)
+#: particles shown beside their reconstruction in the denoising figure (spread evenly over the stack)
+DENOISED_EXAMPLES = 8
 
 
 @dataclass
 class Options:
     """How to analyze: clusters (an int or "auto"), clustering method, batch size (particles), torch device,
     denoised images in the canonical pose, whether to write them at all, whether to bring every class into one
-    frame (:mod:`emgroup.analysis.frames`), random seed, progress bars."""
+    frame (:mod:`emgroup.analysis.frames`), random seed, progress bars, whether to write ``report.html``."""
 
     clusters: int | str = "auto"
     cluster_method: str = "gmm"
@@ -64,11 +67,13 @@ class Options:
     align_classes: bool = False
     seed: int = 0
     progress: bool = True
+    report: bool = True
 
 
 def analyze(model, stack, outdir, rundir=None, options: Options | None = None) -> dict:
     """Write every output of `emgroup analyze` for ``stack`` (a ParticleStack) and a trained ``model`` (eval mode,
-    on ``options.device``) into ``outdir``; ``rundir`` supplies ``metrics.csv`` for the training curves.
+    on ``options.device``) into ``outdir``; ``rundir`` supplies ``metrics.csv`` for the training curves and
+    ``config.json`` for the report's settings.
     Returns a summary: particle and cluster counts, and the metrics against ground truth (when the STAR has any)."""
     options = options or Options()
     outdir = Path(outdir)
@@ -81,9 +86,11 @@ def analyze(model, stack, outdir, rundir=None, options: Options | None = None) -
                     if options.denoise else None)
         compare = options.denoise and not options.canonical and clean is not None
         comparison = _DenoiseComparison(stack, clean) if compare else None
+        examples = _Examples(n, options.canonical)
 
         def decoded(indices, images, reconstructions):
             denoised.write(reconstructions)
+            examples.add(indices, images, reconstructions)
             if comparison is not None:
                 comparison.add(indices, images, reconstructions)
 
@@ -115,9 +122,14 @@ def analyze(model, stack, outdir, rundir=None, options: Options | None = None) -
     if comparison is not None:
         metrics |= comparison.result()
     _write_metrics(outdir, metrics)
-    make_figures(model, outdir / "figures", stack, encoding, clusters, averages, decoded_centres, swap, rundir,
-                 options.device)
-    return {"particles": n, "clusters": clusters.n_clusters, "counts": counts.tolist(), "metrics": metrics}
+    if options.denoise:
+        examples.clean = clean[comparison.rows[examples.indices]] if comparison is not None else None
+    figures = make_figures(model, outdir / "figures", stack, encoding, clusters, averages, decoded_centres, swap,
+                           rundir, options.device, metrics, examples if options.denoise else None)
+    summary = {"particles": n, "clusters": clusters.n_clusters, "counts": counts.tolist(), "metrics": metrics}
+    if options.report:
+        _write_report(outdir, model, stack, rundir, options, summary, figures, "rotation" in encoding)
+    return summary
 
 
 def analyze_volumes(model, stack, outdir, rundir=None, options: Options | None = None) -> dict:
@@ -132,8 +144,10 @@ def analyze_volumes(model, stack, outdir, rundir=None, options: Options | None =
         (outdir / folder).mkdir(parents=True, exist_ok=True)
     n, apix = len(stack), stack.apix
     denoised = [outdir / "denoised" / f"{i + 1:06d}.mrc" for i in range(n)]
+    examples = _Examples(n, canonical=False)
 
     def decoded(indices, volumes, reconstructions):
+        examples.add(indices, volumes, reconstructions)
         for i, volume in zip(indices, reconstructions):
             write_volume(denoised[i], volume, apix)
 
@@ -152,9 +166,12 @@ def analyze_volumes(model, stack, outdir, rundir=None, options: Options | None =
                    stack.optics)
     metrics = truth_metrics(stack.meta, encoding, clusters.labels, apix)
     _write_metrics(outdir, metrics)
-    make_figures(model, outdir / "figures", stack, encoding, clusters, None, decoded_centres, swap, rundir,
-                 options.device)
-    return {"particles": n, "clusters": clusters.n_clusters, "counts": clusters.counts.tolist(), "metrics": metrics}
+    figures = make_figures(model, outdir / "figures", stack, encoding, clusters, None, decoded_centres, swap, rundir,
+                           options.device, metrics, examples if options.denoise else None)
+    summary = {"particles": n, "clusters": clusters.n_clusters, "counts": clusters.counts.tolist(), "metrics": metrics}
+    if options.report:
+        _write_report(outdir, model, stack, rundir, options, summary, figures, "rotation" in encoding)
+    return summary
 
 
 def _encode_and_cluster(model, stack, h5, options: Options, decoded) -> tuple[dict, Clusters, np.ndarray | None]:
@@ -221,18 +238,11 @@ def truth_metrics(meta: pd.DataFrame, encoding: dict, labels, apix: float) -> di
     such as closed and open), against it (``state_accuracy``), best |Pearson| of one latent dimension with
     ``rlnEmgroupTrueConformation``."""
     n, out = len(meta), {}
-    inplane_truth = "rlnAnglePsi" in meta and not np.any(meta.get("rlnAngleTilt", pd.Series(0.0)).to_numpy() != 0)
-    if inplane_truth and any(key in encoding for key in POSE_KEYS):
-        psi = meta["rlnAnglePsi"] + meta.get("rlnAngleRot", 0.0)  # tilt 0: RELION's A = Rz(rot + psi)
-        origin = meta.get("rlnOriginXAngst", 0.0), meta.get("rlnOriginYAngst", 0.0)
-        theta_true, shift_true = model_from_relion(psi, *origin, apix)
-        theta, shift = inplane_pose(encoding, n)
-        # translations compared in the image frame (RELION's origin), independent of the canonical frame's angle
-        _, *true_origin = relion_from_model(theta_true, shift_true, apix)
-        _, *origin = relion_from_model(theta, shift, apix)
-        has_shift = "shift" in encoding and np.ptp(true_origin) > 0
-        out |= pose_metrics(theta, np.column_stack(origin) if has_shift else None, theta_true,
-                            np.column_stack(true_origin))
+    truth = pose_truth(meta, encoding, apix)
+    if truth is not None:
+        has_shift = "shift" in encoding and np.ptp(truth["origin_true"]) > 0
+        out |= pose_metrics(truth["theta"], truth["origin"] if has_shift else None, truth["theta_true"],
+                            truth["origin_true"])
     if TRUE_CLASS in meta:
         out["clustering_accuracy"] = clustering_accuracy(meta[TRUE_CLASS].to_numpy(), labels)
     if TRUE_CONFORMATION in meta and meta[TRUE_CONFORMATION].nunique() in range(2, MAX_STATES + 1):
@@ -241,6 +251,39 @@ def truth_metrics(meta: pd.DataFrame, encoding: dict, labels, apix: float) -> di
         r, dim = best_latent_correlation(np.asarray(encoding["z"]).reshape(n, -1), meta[TRUE_CONFORMATION].to_numpy())
         out |= {"latent_conformation_abs_pearson": r, "latent_conformation_dim": dim + 1}
     return out
+
+
+def pose_truth(meta: pd.DataFrame, encoding: dict, apix: float) -> dict | None:
+    """The inferred and the true in-plane pose, when the STAR has ``rlnAnglePsi`` and no out-of-plane tilt and the
+    model infers a pose (else None): ``theta``, ``theta_true`` (N,) radians, ``origin``, ``origin_true`` (N, 2) Å —
+    translations in the image frame (RELION's origin), independent of the canonical frame's angle."""
+    inplane_truth = "rlnAnglePsi" in meta and not np.any(meta.get("rlnAngleTilt", pd.Series(0.0)).to_numpy() != 0)
+    if not inplane_truth or not any(key in encoding for key in POSE_KEYS):
+        return None
+    psi = meta["rlnAnglePsi"] + meta.get("rlnAngleRot", 0.0)  # tilt 0: RELION's A = Rz(rot + psi)
+    origin = meta.get("rlnOriginXAngst", 0.0), meta.get("rlnOriginYAngst", 0.0)
+    theta_true, shift_true = model_from_relion(psi, *origin, apix)
+    theta, shift = inplane_pose(encoding, len(meta))
+    _, *true_origin = relion_from_model(theta_true, shift_true, apix)
+    _, *origin = relion_from_model(theta, shift, apix)
+    return {"theta": theta, "theta_true": np.asarray(theta_true), "origin": np.column_stack(origin),
+            "origin_true": np.column_stack(true_origin)}
+
+
+class _Examples:
+    """The input and the reconstruction (in the canonical pose when ``canonical``) of :data:`DENOISED_EXAMPLES`
+    particles spread evenly over a stack of ``n``, kept as the reconstructions stream past; ``clean``: their clean
+    images when known (set by the caller)."""
+
+    def __init__(self, n: int, canonical: bool):
+        self.indices = np.unique(np.linspace(0, n - 1, min(DENOISED_EXAMPLES, n)).round().astype(int))
+        self.canonical = canonical
+        self.inputs, self.reconstructions, self.clean = [], [], None
+
+    def add(self, indices, images, reconstructions):
+        chosen = np.isin(indices, self.indices)
+        self.inputs.extend(images[chosen])
+        self.reconstructions.extend(reconstructions[chosen])
 
 
 class _DenoiseComparison:
@@ -289,49 +332,99 @@ def _store_analysis(h5, table: pd.DataFrame, clusters: Clusters, stack, options:
         h5["cluster_scores"] = np.array(list(clusters.scores.items()), dtype=float)
 
 
-def make_figures(model, folder: Path, stack, encoding, clusters: Clusters, averages, decoded, swap, rundir, device):
+def make_figures(model, folder: Path, stack, encoding, clusters: Clusters, averages, decoded, swap, rundir, device,
+                 metrics: dict, examples: "_Examples | None") -> dict:
     """All PNGs of `emgroup analyze` into ``folder``; volumes (``model.ndim == 3``) are drawn as their projections
     along z. ``averages``: the class averages or None (volumes); ``swap``: latents from :func:`_latent_swap` or
-    None."""
+    None; ``metrics``: :func:`truth_metrics` (scores on the pose figure); ``examples``: particles and their
+    reconstructions, or None (no denoising). Each figure is headed by what was run on what. Returns ``{file name:
+    PNG bytes}``."""
     meta, n = stack.meta, len(stack)
     z = np.asarray(encoding["z"]).reshape(n, -1)
+    context = run_description(model, stack, rundir)
+    figures = {}
 
     def pictures(data):  # images as they are, volumes projected along z
         return data if model.ndim == 2 else data.sum(axis=-3)
 
+    def save(name, draw, *args, title, **kwargs):
+        figures[name] = draw(*args, path=folder / name, title=f"{title}\n{context}", **kwargs)
+
     colourings = {"cluster": clusters.labels + 1}
     colourings |= {name: meta[column].to_numpy() for name, column in
                    [("true class", TRUE_CLASS), ("true conformation", TRUE_CONFORMATION)] if column in meta}
-    plots.latent_map(z, colourings, folder / "latent_map.png")
+    save("latent_map.png", plots.latent_map, z, colourings, title="latent means")
     titles = [f"{k + 1}: {c}" for k, c in enumerate(clusters.counts)]
     if averages is not None:
-        plots.gallery(averages, folder / "class_averages.png", titles, title="class averages (class: particles)")
-    plots.gallery(pictures(decoded), folder / "class_decoded.png", titles, title="generator at each cluster centre")
-    grid, axis_names = plots.traversal_latents(z)
+        save("class_averages.png", plots.gallery, averages, titles=titles, title="class averages (class: particles)")
+    save("class_decoded.png", plots.gallery, pictures(decoded), titles=titles,
+         title="generator at each cluster centre (class: particles)")
+    grid, axes_described = plots.traversal_latents(z)
     images = pictures(decode_latents(model, grid.reshape(-1, z.shape[1]), device))
-    plots.image_grid(images.reshape(*grid.shape[:2], *images.shape[1:]), folder / "latent_traversal.png",
-                     title=f"latent traversal (rows: {axis_names[0]}, columns: {axis_names[1]})")
+    save("latent_traversal.png", plots.image_grid, images.reshape(*grid.shape[:2], *images.shape[1:]),
+         title=f"latent traversal ({axes_described})")
     curves = Path(rundir) / "metrics.csv" if rundir is not None else None
     if curves is not None and curves.is_file() and len(table := pd.read_csv(curves)):
-        plots.training_curves(table, folder / "training_curves.png")
+        save("training_curves.png", plots.training_curves, table, title="training curves")
     if any(key in encoding for key in POSE_KEYS):
-        plots.pose_histograms(*inplane_pose(encoding, n), folder / "poses.png")
+        truth = pose_truth(meta, encoding, stack.apix)
+        if truth is not None:
+            truth["scores"] = [metrics.get(key) for key in ("rotation_circular_correlation", "translation_pearson_x",
+                                                            "translation_pearson_y")]
+        save("poses.png", plots.poses, *inplane_pose(encoding, n), truth=truth,
+             title="inferred poses" + (" against the truth in the STAR" if truth is not None else ""))
+    if examples is not None:
+        rows = [examples.inputs, examples.reconstructions] + ([examples.clean] if examples.clean is not None else [])
+        labels = ["input", "denoised (canonical pose)" if examples.canonical else "denoised", "clean (truth)"]
+        names = [f"{i + 1} (class {clusters.labels[i] + 1})" for i in examples.indices]
+        save("denoised.png", plots.image_grid, pictures(np.stack([np.stack(row) for row in rows])),
+             titles=[names] + [[""] * len(names)] * (len(rows) - 1), row_labels=labels[:len(rows)],
+             title="particles (number, class) and the model's reconstruction")
     if "mask" in encoding:
         mask = encoding["mask"][0] if encoding["mask"].ndim > 1 and len(encoding["mask"]) == n else encoding["mask"]
-        plots.mask_plot(mask, folder / "mask.png")
+        save("mask.png", plots.mask_plot, mask, title="latent channels the group acts on")
     if swap is not None:
         images = pictures(decode_latents(model, swap.reshape(-1, swap.shape[-1]), device))
-        plots.image_grid(images.reshape(*swap.shape[:2], *images.shape[1:]), folder / "latent_swap.png",
-                         title="rows: acted-on part z_v of one particle; columns: invariant part z_i of another")
+        save("latent_swap.png", plots.image_grid, images.reshape(*swap.shape[:2], *images.shape[1:]),
+             title="rows: acted-on part z_v of one particle; columns: invariant part z_i of another")
     if hasattr(model, "predict") and hasattr(model, "transform"):
-        examples = stack.images(np.sort(_nearest_particles(z, clusters, ACTION_EXAMPLES)))
-        truth, predicted = group_action_examples(model, examples, ACTION_ANGLES, device)
+        inputs = stack.images(np.sort(_nearest_particles(z, clusters, ACTION_EXAMPLES)))
+        truth, predicted = group_action_examples(model, inputs, ACTION_ANGLES, device)
         rows = np.stack([truth, predicted], 1).reshape(-1, *truth.shape[1:])  # truth, prediction, truth, ...
-        plots.image_grid(pictures(rows), folder / "group_action.png",
-                         row_labels=["T_g x", "predicted"] * len(examples),
-                         col_labels=[f"{a:g}°" for a in ACTION_ANGLES],
-                         title="each particle turned by g (" + ("in-plane" if model.ndim == 2 else "about y") +
-                               ") and the model's prediction D(Φ_g(E x))")
+        save("group_action.png", plots.image_grid, pictures(rows), row_labels=["T_g x", "predicted"] * len(inputs),
+             col_labels=[f"{a:g}°" for a in ACTION_ANGLES],
+             title="each particle turned by g (" + ("in-plane" if model.ndim == 2 else "about y") +
+                   ") and the model's prediction D(Φ_g(E x))")
+    return figures
+
+
+def run_description(model, stack, rundir) -> str:
+    """What was run on what, for figure titles: model, run folder, particles file, particle count."""
+    run = f" from {relative_to_cwd(rundir)}/" if rundir is not None else ""
+    source = f" on {relative_to_cwd(stack.path)}" if stack.path is not None else ""
+    noun = "particles" if model.ndim == 2 else "volumes"
+    return f"{model.name} model{run}{source}, {len(stack)} {noun}"
+
+
+def _write_report(outdir: Path, model, stack, rundir, options: Options, summary: dict, figures: dict,
+                  rotation_3d: bool) -> None:
+    """``report.html`` (:mod:`emgroup.analysis.report`): what was run, metrics, ``figures`` ``{name: PNG bytes}``,
+    the RELION/cryoSPARC commands that continue from the outputs (``rotation_3d``: poses with rlnAngleRot/Tilt),
+    settings."""
+    volumes, counts = model.ndim == 3, summary["counts"]
+    overview = {"model": model.name, "run": relative_to_cwd(rundir) if rundir is not None else "",
+                "input": relative_to_cwd(stack.path) if stack.path is not None else "",
+                "volumes" if volumes else "particles": summary["particles"], "box (px)": stack.box,
+                "pixel size (Å)": f"{stack.apix:g}", "clusters": summary["clusters"],
+                "per class": ", ".join(f"{k + 1}: {c}" for k, c in enumerate(counts)), "output folder": outdir}
+    settings = {"emgroup analyze": {key: str(value) for key, value in asdict(options).items()}}
+    config_path = Path(rundir) / "config.json" if rundir is not None else None
+    if config_path is not None and config_path.is_file():
+        settings["emgroup train (the run's config.json)"] = report.run_settings(json.loads(config_path.read_text()))
+    steps = report.next_steps(Path.cwd(), relative_to_cwd(outdir), counts, stack.box, stack.apix, model.uses_ctf,
+                              rotation_3d, volumes, () if volumes else stack.sources)
+    report.write_report(outdir / "report.html", f"emgroup analyze: {run_description(model, stack, rundir)}",
+                        overview, settings, summary["metrics"], figures, steps)
 
 
 def _nearest_particles(z, clusters: Clusters, count: int) -> np.ndarray:

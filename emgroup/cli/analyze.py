@@ -64,11 +64,15 @@ def _clusters(value: str) -> int | str:
                    "the STAR file's folder).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the clustering.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
+@click.option("--report/--no-report", default=True, show_default=True,
+              help="Write report.html: one self-contained page with the figures, metrics, settings and the RELION "
+                   "and cryoSPARC commands that continue from the outputs.")
 def command(rundir, particles, outdir, checkpoint, clusters, cluster_method, max_clusters, device, batch_size,
-            canonical, denoise, align_classes, root, seed, progress):
+            canonical, denoise, align_classes, root, seed, progress, report):
     """Encode PARTICLES with the model trained in RUNDIR and write OUTDIR/particles.star (+ .cs), latents.h5,
-    class_averages.mrcs + classes.star, class_decoded.mrcs, denoised.mrcs + .star, figures/*.png and, when the
-    STAR carries ground truth, metrics.json.
+    class_averages.mrcs + classes.star, class_decoded.mrcs, denoised.mrcs + .star, figures/*.png, report.html (the
+    figures, metrics and next commands on one page, for a browser) and, when the STAR carries ground truth,
+    metrics.json.
 
     Poses: particles.star carries emgroup's pose in the RELION labels (rlnAnglePsi, rlnOriginXAngst/YAngst; SO(3)
     models also rlnAngleRot/Tilt) and its cluster in rlnClassNumber; the pose and class the particles came with
@@ -79,7 +83,7 @@ def command(rundir, particles, outdir, checkpoint, clusters, cluster_method, max
     PARTICLES (a RELION .star, .mrcs or cryoSPARC .cs) defaults to the particles the run was trained on. For a
     volume model (--model masked --group SO3) it is a volumes .star, a folder or one .mrc/.nii[.gz] file, and the
     outputs are OUTDIR/volumes.star, latents.h5, class_decoded/classNNN.mrc, denoised/NNNNNN.mrc + denoised.star,
-    figures/*.png (volumes drawn as projections along z) and metrics.json.
+    figures/*.png (volumes drawn as projections along z), report.html and metrics.json.
 
     \b
     Example:
@@ -98,7 +102,7 @@ def command(rundir, particles, outdir, checkpoint, clusters, cluster_method, max
     if abs(stack.apix - config["apix"]) > 1e-3 * config["apix"]:
         raise InputError(f"pixel size {stack.apix:g} Å does not match the model's {config['apix']:g} Å", particles)
     options = Options(clusters, cluster_method, max_clusters, batch_size, torch_device, canonical, denoise,
-                      align_classes, seed, progress)
+                      align_classes, seed, progress, report)
     with output_folder(outdir), written_together():  # every output, or none
         summary = (analyze_volumes if volumes else analyze)(model, stack, outdir, rundir, options)
     click.echo(f"{summary['particles']} {'volumes' if volumes else 'particles'} in {summary['clusters']} clusters "
