@@ -7,7 +7,7 @@ at a random angle), white noise at SNR 0.3 or 0.1; 5,000 particles. Two kinds:
 * ``mix``: a closed/open mixture (1AKE / 4AKE, half each); truth = the state;
 * ``traj``: the 98-frame closed->open trajectory (DIMS); truth = the frame (0..1).
 
-Rows: every image model with the CTF modelled (the default when particles carry defocus) and, on the first set,
+Rows: every image model with the CTF modelled (the default when particles carry defocus) and, on mix-snr0.3 only,
 without it (``-noctf``) and TARGET-VAE P16; each trains for a fixed number of epochs that fits 2 CPU cores in at most 30 minutes
 (the training time is in the table), then `emgroup analyze` writes particles.star, the source of every figure:
 
@@ -57,7 +57,8 @@ MODELS = {
     "target-P16": ("target", {"z_dim": 1, "group": "P16"}, {"epochs": 5, "precision": "bf16", "lr": 2e-4}),
     "vae": ("vae", {"z_dim": 1}, {"epochs": 30, "precision": "fp32"}),
 }
-#: rows trained on the first set only: P16, and the rows without the CTF
+#: the set that alone gets the rows of FIRST_SET_ONLY and those without the CTF (whatever the order of --sets)
+FIRST_SET = "mix-snr0.3"
 FIRST_SET_ONLY = ("target-P16",)
 NO_CTF = ("spatial", "target-P8", "vae")
 #: the sets of a run without --sets (traj-snr0.1 on request: no target is set on it)
@@ -179,10 +180,10 @@ def run_relion(particles: Path, folder: Path, kind: str, seed: int, threads: int
               help=f"Comma-separated among {', '.join(SETS)}.")
 @click.option("--models", default=",".join(MODELS), show_default=True,
               help=f"Comma-separated among {', '.join(MODELS)} ({', '.join(NO_CTF)} also without the CTF, and "
-              f"{', '.join(FIRST_SET_ONLY)} only, on the first set).")
+              f"{', '.join(FIRST_SET_ONLY)} only, on {FIRST_SET}).")
 @click.option("--relion/--no-relion", default=True, show_default=True, help="RELION 2D classification rows.")
 @click.option("--ctf-ablation/--no-ctf-ablation", default=True, show_default=True,
-              help=f"The rows of {', '.join(NO_CTF)} without the CTF, on the first set.")
+              help=f"The rows of {', '.join(NO_CTF)} without the CTF, on {FIRST_SET}.")
 @click.option("--quick", is_flag=True, help=f"{QUICK['n_particles']} particles, the first set, spatial and vae for "
               "a few epochs, no RELION (about 5 minutes).")
 @click.option("-n", "--n-particles", default=5000, show_default=True, help="Particles per set.")
@@ -202,7 +203,7 @@ def main(sets, models, relion, ctf_ablation, quick, n_particles, threads, seed, 
         sets, models, relion, n_particles = QUICK["sets"], QUICK["models"], QUICK["relion"], QUICK["n_particles"]
     workdir = Path(workdir)
     rows = []
-    for number, data in enumerate(sets):
+    for data in sets:
         kind, snr = SETS[data]
         folder = workdir / data
         particles = folder / "prep" / "particles.star"
@@ -210,9 +211,9 @@ def main(sets, models, relion, ctf_ablation, quick, n_particles, threads, seed, 
             continue
         if not ((resume or collect) and particles.is_file()):
             particles = simulate(folder, kind, snr, n_particles, seed, threads)
-        jobs = [(name, *MODELS[name]) for name in models if number == 0 or name not in FIRST_SET_ONLY]
+        jobs = [(name, *MODELS[name]) for name in models if data == FIRST_SET or name not in FIRST_SET_ONLY]
         jobs += [(f"{name}-noctf", model, {**options, "ctf": False}, train) for name, model, options, train in jobs
-                 if number == 0 and name in NO_CTF and ctf_ablation and not quick]
+                 if data == FIRST_SET and name in NO_CTF and ctf_ablation and not quick]
         if relion:
             jobs.append(("relion-2D", None, None, None))
         for name, model, options, train in jobs:
