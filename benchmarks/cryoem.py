@@ -191,8 +191,8 @@ def run_relion(particles: Path, folder: Path, kind: str, seed: int, threads: int
 @click.option("--seed", default=0, show_default=True, help="Seed of the data, training and analysis.")
 @click.option("--resume", is_flag=True, help="Keep the rows already in --workdir (rows/*.json) instead of redoing "
               "them.")
-@click.option("--collect", is_flag=True, help="Run nothing: the table and JSON of the rows already in --workdir "
-              "(after runs split over several invocations).")
+@click.option("--collect", is_flag=True, help="Run nothing: the table and JSON of every row already in --workdir for "
+              "--sets (after runs split over several invocations).")
 @click.option("--workdir", type=click.Path(file_okay=False), default=str(REPO / "runs" / "benchmarks" / "cryoem"),
               show_default=True, help="Folder for data, runs and analyses.")
 @click.option("--output", type=click.Path(dir_okay=False),
@@ -216,6 +216,9 @@ def main(sets, models, relion, ctf_ablation, quick, n_particles, threads, seed, 
                  if data == FIRST_SET and name in NO_CTF and ctf_ablation and not quick]
         if relion:
             jobs.append(("relion-2D", None, None, None))
+        if collect:  # and every other row run on this set (e.g. one without the CTF made by an earlier invocation)
+            jobs += [(path.stem, None, None, None) for path in sorted((folder / "rows").glob("*.json"))
+                     if path.stem not in {job[0] for job in jobs}]
         for name, model, options, train in jobs:
             cached = folder / "rows" / f"{name}.json"
             if (resume or collect) and cached.is_file():
