@@ -17,7 +17,8 @@ import torch
 from emgroup.analysis import clustering
 from emgroup.analysis.clustering import cluster_latents
 from emgroup.analysis.inference import encode_stack, relion_pose_columns
-from emgroup.analysis.metrics import clustering_accuracy, image_correlation
+from emgroup.analysis.metrics import (best_latent_correlation, circular_correlation, circular_correlation_uniform,
+                                      clustering_accuracy, image_correlation, pearson)
 from emgroup.data.ctf import stack_ctf_parameters
 from emgroup.analysis.pipeline import particles_table
 from emgroup.data.poses import model_from_relion, relion_from_model
@@ -229,10 +230,24 @@ def test_outputs_agree_with_each_other_and_read_back(analyzed, monkeypatch):
                                              torch.from_numpy(stack_ctf_parameters(stack))))
     np.testing.assert_allclose(denoised.images(), expected.numpy(), atol=1e-4)
 
+    # every metric, computed again from the files: the written poses, classes and latents against the input's truth,
+    # the denoised and the noisy particles against the clean ones
+    theta_true, _ = model_from_relion(source["rlnAnglePsi"] + source["rlnAngleRot"], 0.0, 0.0, APIX)
+    conformation = source["rlnEmgroupTrueConformation"].to_numpy()
+    clean = mrcfile.read("sim/clean.mrcs")
+    r, dim = best_latent_correlation(z, conformation)
+    expected = {"rotation_circular_correlation": circular_correlation(theta, theta_true),
+                "rotation_circular_correlation_uniform": circular_correlation_uniform(theta, theta_true),
+                **{f"translation_pearson_{axis}": pearson(particles[f"rlnOrigin{axis.upper()}Angst"],
+                                                          source[f"rlnOrigin{axis.upper()}Angst"]) for axis in "xy"},
+                "state_accuracy": clustering_accuracy(conformation, classes),
+                "latent_conformation_abs_pearson": r, "latent_conformation_dim": dim + 1,
+                "denoised_clean_correlation": image_correlation(mrcfile.read("out/denoised.mrcs"), clean).mean(),
+                "input_clean_correlation": image_correlation(stack.images(), clean).mean()}
     metrics = json.loads((analyzed / "out/metrics.json").read_text())
-    assert {"rotation_circular_correlation", "translation_pearson_x", "translation_pearson_y", "state_accuracy",
-            "latent_conformation_abs_pearson", "denoised_clean_correlation", "input_clean_correlation"} <= set(metrics)
-    assert all(-1 <= metrics[k] <= 1 for k in metrics if k != "latent_conformation_dim")
+    assert set(metrics) == set(expected)
+    for name, value in expected.items():
+        assert metrics[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
     figures = {p.name for p in (analyzed / "out/figures").iterdir()}
     assert {"latent_map.png", "class_averages.png", "class_decoded.png", "latent_traversal.png",
             "training_curves.png", "poses.png", "denoised.png"} <= figures
@@ -417,7 +432,10 @@ def test_volume_outputs_agree_with_the_model_and_the_input(analyzed_volumes, mon
         np.testing.assert_allclose(mrcfile.read(f"out/class_decoded/class{k:03d}.mrc"), centres[k - 1].numpy(),
                                    atol=1e-4)
     metrics = json.loads(Path("out/metrics.json").read_text())
-    assert 0 <= metrics["latent_conformation_abs_pearson"] <= 1
+    conformation = source["rlnEmgroupTrueConformation"].to_numpy()
+    r, dim = best_latent_correlation(z, conformation)
+    assert metrics == pytest.approx({"latent_conformation_abs_pearson": r, "latent_conformation_dim": dim + 1,
+                                     "state_accuracy": clustering_accuracy(conformation, classes)}, rel=1e-6)
     figures = {p.name for p in Path("out/figures").iterdir()}
     assert {"latent_map.png", "class_decoded.png", "latent_traversal.png", "mask.png", "latent_swap.png",
             "group_action.png", "denoised.png"} <= figures and "class_averages.png" not in figures

@@ -38,7 +38,8 @@ def test_short_training_lowers_the_loss_and_writes_the_run(run_emgroup, tiny_par
     assert {"train_loss", "val_loss", "lr", "particles_per_s", "seconds"} <= set(metrics.columns)
     assert metrics["train_loss"].iloc[-1] < metrics["train_loss"].iloc[0] - 1.0
     assert metrics["val_loss"].iloc[-1] < metrics["val_loss"].iloc[0] - 1.0
-    assert (metrics["particles_per_s"] > 0).all()
+    # the 225 training particles (25 are marked 'val') over the training pass, a part of the epoch's seconds
+    assert (metrics["particles_per_s"] * metrics["seconds"] >= 225 * (1 - 1e-9)).all()
 
     config = json.loads((run / "config.json").read_text())
     assert (config["model"], config["box"], config["apix"]) == ("spatial", 16, 7.0)
@@ -151,18 +152,22 @@ def _volumes_star(particles, folder):
 
 
 @pytest.mark.parametrize("case", ["foreign option", "bad model option", "missing file", "3-D data",
-                                  "3-D model", "bad device"])
+                                  "3-D model", "bad device", "masked group", "target group"])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(run_emgroup, tiny_particles, tmp_path, case):
     args = {"foreign option": [tiny_particles, "--model", "spatial", "--beta", 4],
             "bad model option": [tiny_particles, "--model", "spatial", "--theta-prior", "cauchy"],
             "missing file": [tmp_path / "none.star", "--model", "vae"],
             "3-D data": [_volumes_star(tiny_particles, tmp_path), "--model", "vae"],
             "3-D model": [tiny_particles, "--model", "masked", "--group", "SO3"],
-            "bad device": [tiny_particles, "--model", "vae", "--device", "tpu"]}[case]
+            "bad device": [tiny_particles, "--model", "vae", "--device", "tpu"],
+            "masked group": [tiny_particles, "--model", "masked", "--group", "P8"],
+            "target group": [tiny_particles, "--model", "target", "--group", "SO3"]}[case]
     expected = {"foreign option": "--beta: not an option of --model spatial", "bad model option": "cauchy",
                 "missing file": "none.star: no such file", "3-D data": "holds 3-D volumes",
                 "3-D model": "voxels); this model trains on 3-D volumes",
-                "bad device": "--device tpu"}[case]
+                "bad device": "--device tpu",
+                "masked group": "--group P8 is not a choice of --model masked: SO2, SO3 (see",
+                "target group": "--group SO3 is not a choice of --model target: P4, P8, P16 (see"}[case]
     result = run_emgroup("train", *args, "-o", tmp_path / "run")
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
@@ -182,6 +187,10 @@ def test_help_lists_every_model_option_with_units_and_defaults(run_emgroup):
     assert "pixels per axis. [default: 2.0 (spatial), 2.5 (target)]" in text  # --shift-sigma, per model
     assert "[default: 1.0 (vae)]" in text  # --beta
     assert "SIGMA in degrees" in text
+    # --group means one thing per model: the help gives both, and each model's default
+    assert "--group [P4|P8|P16|SO2|SO3] --model target: Rotation group of the" in text
+    assert "encoder: P4, P8 or P16 (r rotations by multiples of 360/r degrees). --model masked: Group acting" in text
+    assert "[default: P8 (target), SO2 (masked)]" in text
 
 
 def test_split_comes_from_the_preprocess_column_unless_a_fraction_is_given(tiny_particles):

@@ -1,8 +1,9 @@
 """Inference over a particle stack through the model interface (``encode``/``decode``), streamed in batches.
 
-The only model-specific knowledge is which optional keys ``encode`` returns: ``theta`` (N,) radians and ``shift``
-(N, 2) pixels (x, y) for in-plane models, ``rotation`` (N, 3, 3) for SO(3) models (RELION's matrix ``A`` of
-:mod:`emgroup.data.poses`), and any posteriors (``q_tr``, ...) or model-wide entries (``mask``) besides.
+The only model-specific knowledge is which optional keys ``encode`` returns, as the model's ``pose`` declares:
+``theta`` (N,) radians and/or ``shift`` (N, 2) pixels (x, y) for in-plane models, ``rotation`` (N, 3, 3) for SO(3)
+models (RELION's matrix ``A`` of :mod:`emgroup.data.poses`), and any posteriors (``q_tr``, ...) or model-wide
+entries (``mask``) besides.
 """
 
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from tqdm import tqdm
 from emgroup.data.ctf import stack_ctf_parameters
 from emgroup.data.poses import matrix_to_euler, relion_from_model
 from emgroup.data.stack import require_finite
-from emgroup.geometry import quaternion_to_matrix
+from emgroup.models.base import GroupAction
 
 #: encode entries that place the object; without them ``decode`` draws the canonical pose
 POSE_KEYS = ("theta", "shift", "rotation")
@@ -74,22 +75,17 @@ def decode_latents(model, z, device="cpu") -> np.ndarray:
     return decode(model, {"z": torch.as_tensor(np.asarray(z), dtype=torch.float32, device=device)}, len(z))
 
 
-def group_action_examples(model, data: np.ndarray, angles_deg, device="cpu") -> tuple[np.ndarray, np.ndarray]:
-    """For a model that predicts group actions (``transform``/``predict``, the masked-latent model): the true
-    ``T_g x`` and the prediction ``D(Phi_g(E x))`` of each of ``data`` (m, D, D[, D]) for g = the rotations by
-    ``angles_deg`` (degrees; in-plane for images, about the y axis for volumes). Two float32 arrays
+def group_action_examples(model: GroupAction, data: np.ndarray, angles_deg,
+                          device="cpu") -> tuple[np.ndarray, np.ndarray]:
+    """The true ``T_g x`` and the model's prediction ``D(Phi_g(E x))`` of each of ``data`` (m, D, D[, D]) for g =
+    the turns by ``angles_deg`` (degrees; in-plane for images, about the y axis for volumes). Two float32 arrays
     (m, len(angles), D, D[, D])."""
     x = torch.as_tensor(np.asarray(data), dtype=torch.float32, device=device)
     m, k = len(x), len(angles_deg)
-    half = torch.deg2rad(torch.as_tensor(angles_deg, dtype=torch.float32, device=device)) / 2
-    if model.ndim == 2:
-        g = 2 * half
-    else:  # quaternions (cos a/2, 0, sin a/2, 0): a turn about y
-        zero = torch.zeros_like(half)
-        g = quaternion_to_matrix(torch.stack([half.cos(), zero, half.sin(), zero], -1))
+    g = model.turns(torch.deg2rad(torch.as_tensor(angles_deg, dtype=torch.float32, device=device)))
     x, g = x.repeat_interleave(k, 0), g.repeat(m, *(1,) * (g.dim() - 1))
     with torch.inference_mode():
-        truth, predicted = model.transform(x * model.support, g), model.predict(x, g)
+        truth, predicted = model.transform(x, g), model.predict(x, g)
     shape = (m, k, *x.shape[1:])
     return truth.float().cpu().numpy().reshape(shape), predicted.float().cpu().numpy().reshape(shape)
 

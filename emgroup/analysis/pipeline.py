@@ -16,6 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
+import torch
 from sklearn.decomposition import PCA
 
 from emgroup.analysis import plots, report
@@ -31,6 +32,7 @@ from emgroup.io.atomic import atomic_path
 from emgroup.io.cryosparc import write_cs
 from emgroup.io.mrc import StackWriter, open_stack, write_stack, write_volume
 from emgroup.io.star import format_image_name, parse_image_name, relative_to_cwd, write_star
+from emgroup.models.base import GroupAction, Pose
 
 POSE_LABELS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst")
 #: input columns replaced by the inferred pose and cluster (the input's values move to :data:`INPUT_LABEL` columns)
@@ -41,7 +43,7 @@ LATENT_LABEL = "rlnEmgroupLatent"
 #: wider latents go into the STAR as their first STAR_PCS principal components (``rlnEmgroupLatentPC1..``)
 STAR_LATENTS, STAR_PCS = 32, 10
 #: encoding entries kept in memory (the rest, e.g. TARGET-VAE's q(t, r), stay in latents.h5 only)
-IN_MEMORY = ("z", "z_std", "mask", *POSE_KEYS)
+IN_MEMORY = ("z", "z_std", *POSE_KEYS)
 TRUE_CLASS, TRUE_CONFORMATION = "rlnEmgroupTrueClass", "rlnEmgroupTrueConformation"
 #: a true conformation with at most this many values is a set of states, scored like classes (state_accuracy)
 MAX_STATES = 10
@@ -128,7 +130,7 @@ def analyze(model, stack, outdir, rundir=None, options: Options | None = None) -
                            rundir, options.device, metrics, examples if options.denoise else None)
     summary = {"particles": n, "clusters": clusters.n_clusters, "counts": counts.tolist(), "metrics": metrics}
     if options.report:
-        _write_report(outdir, model, stack, rundir, options, summary, figures, "rotation" in encoding)
+        _write_report(outdir, model, stack, rundir, options, summary, figures)
     return summary
 
 
@@ -170,20 +172,20 @@ def analyze_volumes(model, stack, outdir, rundir=None, options: Options | None =
                            options.device, metrics, examples if options.denoise else None)
     summary = {"particles": n, "clusters": clusters.n_clusters, "counts": clusters.counts.tolist(), "metrics": metrics}
     if options.report:
-        _write_report(outdir, model, stack, rundir, options, summary, figures, "rotation" in encoding)
+        _write_report(outdir, model, stack, rundir, options, summary, figures)
     return summary
 
 
 def _encode_and_cluster(model, stack, h5, options: Options, decoded) -> tuple[dict, Clusters, np.ndarray | None]:
     """Encode ``stack`` into ``h5``'s group ``encoding`` (``decoded`` receives each batch's reconstructions, see
     :func:`encode_stack`) and cluster the latent means: (the encoding's :data:`IN_MEMORY` entries, the clusters,
-    the latent-swap latents of :func:`_latent_swap` or None)."""
+    the latent-swap latents of :func:`_latent_swap` for a :class:`GroupAction` model, else None)."""
     stored = encode_stack(model, stack, h5.create_group("encoding"), options.batch_size, options.device, decoded,
                           options.canonical, options.progress)
     encoding = {name: stored[name][:] for name in IN_MEMORY if name in stored}
     z = encoding["z"].reshape(len(stack), -1)
     clusters = cluster_latents(z, options.clusters, options.cluster_method, options.max_clusters, options.seed)
-    swap = _latent_swap(stored, z, clusters) if {"z_v", "z_i"} <= set(stored) else None
+    swap = _latent_swap(model, z, clusters, options.device) if isinstance(model, GroupAction) else None
     return encoding, clusters, swap
 
 
@@ -366,7 +368,7 @@ def make_figures(model, folder: Path, stack, encoding, clusters: Clusters, avera
     curves = Path(rundir) / "metrics.csv" if rundir is not None else None
     if curves is not None and curves.is_file() and len(table := pd.read_csv(curves)):
         save("training_curves.png", plots.training_curves, table, title="training curves")
-    if any(key in encoding for key in POSE_KEYS):
+    if model.pose is not Pose.NONE:
         truth = pose_truth(meta, encoding, stack.apix)
         if truth is not None:
             truth["scores"] = [metrics.get(key) for key in ("rotation_circular_correlation", "translation_pearson_x",
@@ -380,14 +382,12 @@ def make_figures(model, folder: Path, stack, encoding, clusters: Clusters, avera
         save("denoised.png", plots.image_grid, pictures(np.stack([np.stack(row) for row in rows])),
              titles=[names] + [[""] * len(names)] * (len(rows) - 1), row_labels=labels[:len(rows)],
              title="particles (number, class) and the model's reconstruction")
-    if "mask" in encoding:
-        mask = encoding["mask"][0] if encoding["mask"].ndim > 1 and len(encoding["mask"]) == n else encoding["mask"]
-        save("mask.png", plots.mask_plot, mask, title="latent channels the group acts on")
-    if swap is not None:
+    if isinstance(model, GroupAction):
+        save("mask.png", plots.mask_plot, model.channel_mask().detach().float().cpu().numpy(),
+             title="latent channels the group acts on")
         images = pictures(decode_latents(model, swap.reshape(-1, swap.shape[-1]), device))
         save("latent_swap.png", plots.image_grid, images.reshape(*swap.shape[:2], *images.shape[1:]),
              title="rows: acted-on part z_v of one particle; columns: invariant part z_i of another")
-    if hasattr(model, "predict") and hasattr(model, "transform"):
         inputs = stack.images(np.sort(_nearest_particles(z, clusters, ACTION_EXAMPLES)))
         truth, predicted = group_action_examples(model, inputs, ACTION_ANGLES, device)
         rows = np.stack([truth, predicted], 1).reshape(-1, *truth.shape[1:])  # truth, prediction, truth, ...
@@ -406,11 +406,9 @@ def run_description(model, stack, rundir) -> str:
     return f"{model.name} model{run}{source}, {len(stack)} {noun}"
 
 
-def _write_report(outdir: Path, model, stack, rundir, options: Options, summary: dict, figures: dict,
-                  rotation_3d: bool) -> None:
+def _write_report(outdir: Path, model, stack, rundir, options: Options, summary: dict, figures: dict) -> None:
     """``report.html`` (:mod:`emgroup.analysis.report`): what was run, metrics, ``figures`` ``{name: PNG bytes}``,
-    the RELION/cryoSPARC commands that continue from the outputs (``rotation_3d``: poses with rlnAngleRot/Tilt),
-    settings."""
+    the RELION/cryoSPARC commands that continue from the outputs, settings."""
     volumes, counts = model.ndim == 3, summary["counts"]
     overview = {"model": model.name, "run": relative_to_cwd(rundir) if rundir is not None else "",
                 "input": relative_to_cwd(stack.path) if stack.path is not None else "",
@@ -422,7 +420,7 @@ def _write_report(outdir: Path, model, stack, rundir, options: Options, summary:
     if config_path is not None and config_path.is_file():
         settings["emgroup train (the run's config.json)"] = report.run_settings(json.loads(config_path.read_text()))
     steps = report.next_steps(Path.cwd(), relative_to_cwd(outdir), counts, stack.box, stack.apix, model.uses_ctf,
-                              rotation_3d, volumes, () if volumes else stack.sources)
+                              model.pose is Pose.SO3, volumes, () if volumes else stack.sources)
     report.write_report(outdir / "report.html", f"emgroup analyze: {run_description(model, stack, rundir)}",
                         overview, settings, summary["metrics"], figures, steps)
 
@@ -432,12 +430,14 @@ def _nearest_particles(z, clusters: Clusters, count: int) -> np.ndarray:
     return np.argmin(np.sum(z**2, 1)[None] - 2 * clusters.centres[:count] @ z.T, axis=1)
 
 
-def _latent_swap(stored, z, clusters: Clusters, count: int = 6) -> np.ndarray:
-    """(c, c, k) latents ``z_v[i] + z_i[j]`` for the particles i, j nearest to the first c <= ``count`` cluster
-    centres, from an encoding that splits ``z`` into the group-acted ``z_v`` and the invariant ``z_i``."""
-    rows, order = np.unique(_nearest_particles(z, clusters, count), return_inverse=True)  # h5py reads in order
-    z_v, z_i = stored["z_v"][rows][order], stored["z_i"][rows][order]
-    return z_v[:, None, :] + z_i[None, :, :]
+def _latent_swap(model: GroupAction, z, clusters: Clusters, device="cpu", count: int = 6) -> np.ndarray:
+    """(c, c, k) latents with the group-acted part ``z_v`` of particle i and the invariant part ``z_i`` of particle
+    j, for the particles i, j nearest to the first c <= ``count`` cluster centres (``z`` (N, k) latent means)."""
+    nearest = torch.as_tensor(z[_nearest_particles(z, clusters, count)], dtype=torch.float32, device=device)
+    c = len(nearest)
+    with torch.inference_mode():
+        swapped = model.swap(nearest.repeat_interleave(c, 0), nearest.repeat(c, 1))
+    return swapped.float().cpu().numpy().reshape(c, c, -1)
 
 
 def _write_metrics(outdir: Path, metrics: dict) -> None:

@@ -9,11 +9,10 @@ from emgroup.analysis.clustering import METHODS
 from emgroup.analysis.pipeline import Options, analyze, analyze_volumes
 from emgroup.data.stack import ParticleStack
 from emgroup.data.volumes import VolumeStack
+from emgroup.devices import resolve_device
 from emgroup.errors import InputError
 from emgroup.io.atomic import output_folder, written_together
 from emgroup.train.checkpoint import load_run
-from emgroup.train.distributed import Processes
-from emgroup.train.trainer import resolve_device
 
 FILE = click.Path(path_type=Path)
 
@@ -91,7 +90,7 @@ def command(rundir, particles, outdir, checkpoint, clusters, cluster_method, max
     """
     if canonical and not denoise:
         raise click.UsageError("--canonical poses the denoised particles: it does nothing with --no-denoise")
-    torch_device = resolve_device(device, Processes())  # one process: analyze is not distributed
+    torch_device = resolve_device(device)  # one process: analyze is not distributed
     model, config = load_run(rundir, checkpoint, torch_device)
     if particles is None:
         particles, root = Path(config["particles"]), root or config.get("root")

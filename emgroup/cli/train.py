@@ -20,7 +20,8 @@ FILE = click.Path(path_type=Path)
 
 def _model_options() -> dict[str, click.Option]:
     """Config field name -> click option, over the fields of every model (defaults stay None, so the
-    chosen model's own default applies; the help lists each model's default)."""
+    chosen model's own default applies; the help lists each model's default, and each model's meaning when the
+    models' helps differ, e.g. ``--group``)."""
     owners: dict[str, list] = {}
     for name in registry.MODELS:
         config = registry.model_class(name).Config
@@ -31,9 +32,13 @@ def _model_options() -> dict[str, click.Option]:
     for name, fields in owners.items():
         _, field, kind = fields[0]
         defaults: dict[str, list[str]] = {}
+        helps: dict[str, list[str]] = {}
         for model, f, _ in fields:
             defaults.setdefault(str(f.default), []).append(model)
-        help_text = field.metadata["help"] + " [default: " + field.metadata.get("default_help", ", ".join(
+            helps.setdefault(f.metadata["help"], []).append(model)
+        meaning = field.metadata["help"] if len(helps) == 1 else " ".join(
+            f"--model {', '.join(models)}: {text}" for text, models in helps.items())
+        help_text = meaning + " [default: " + field.metadata.get("default_help", ", ".join(
             f"{value} ({', '.join(models)})" for value, models in defaults.items())) + "]"
         flag = "--" + name.replace("_", "-")
         if kind is bool:
@@ -56,10 +61,22 @@ def _train(particles, rundir, model, resume, force, root, progress, **options):
         _train_in(rundir, particles, model, resume, force, root, progress, options)
 
 
+def _check_choices(model: str, model_options: dict) -> None:
+    """UsageError for a value outside the choices ``model`` gives an option whose choices differ between models
+    (``--group``: P4/P8/P16 for target, SO2/SO3 for masked); click checked only the union of every model's."""
+    for field in dataclasses.fields(registry.model_class(model).Config):
+        choices, value = field.metadata.get("choices"), model_options.get(field.name)
+        if choices and value is not None and value not in choices:
+            flag = "--" + field.name.replace("_", "-")
+            raise click.UsageError(f"{flag} {value} is not a choice of --model {model}: {', '.join(choices)}")
+
+
 def _train_in(rundir, particles, model, resume, force, root, progress, options):
     ctx = click.get_current_context()
     given = {name for name in options if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
     model_options = {name: options[name] for name in MODEL_OPTIONS}
+    if model is not None:
+        _check_choices(model, model_options)
     if resume:
         trainer = resume_run(rundir, {name: options[name] for name in SETTINGS if name in given}, particles=particles,
                              model=model, model_options=model_options, progress=progress)

@@ -7,7 +7,9 @@ Conventions (pinned by tests):
     (see :mod:`emgroup.models.grids`); ``rotation`` is an ``(N, 3, 3)`` matrix for SO(3) models.
 """
 
+import abc
 import dataclasses
+import enum
 from typing import ClassVar
 
 import torch
@@ -41,25 +43,39 @@ def check_ctf_likelihood(ctf: bool, likelihood: str) -> None:
         raise ValueError("the CTF needs --likelihood gaussian (pass --no-ctf for images in [0, 1] such as MNIST)")
 
 
+class Pose(enum.Enum):
+    """The pose a model infers for each particle, i.e. the pose entries of :meth:`Model.encode`."""
+
+    NONE = "none"  #: no pose entry: each image is seen as it is (identity pose)
+    IN_PLANE = "in-plane"  #: ``theta`` (N,) rad and/or ``shift`` (N, 2) px
+    SO3 = "SO(3)"  #: ``rotation`` (N, 3, 3), RELION's matrix A
 
 
 class Model(nn.Module):
-    """Base class. Subclasses set ``name``, a dataclass ``Config`` built with :func:`option`, and implement
-    :meth:`loss`, :meth:`encode` and :meth:`decode`.
+    """Base class. Subclasses set ``name``, a dataclass ``Config`` built with :func:`option`, declare ``ndim`` and
+    ``pose`` (class attributes, or properties when an option decides them) and implement :meth:`loss`,
+    :meth:`encode` and :meth:`decode`; a model that learns a group action on its latent also implements
+    :class:`GroupAction`. The trainer and `analyze` read these declarations and never look for anything else.
 
     Every field of every registered model's ``Config`` is exposed as an `emgroup train` option
-    (``z_dim`` -> ``--z-dim``); a field shared by several models must mean the same thing in each.
+    (``z_dim`` -> ``--z-dim``); a field shared by several models means the same thing in each, except one with
+    per-model ``choices`` (``group``): its help lists every model's meaning and `emgroup train` accepts only the
+    chosen model's choices.
     """
 
     name: ClassVar[str]
     Config: ClassVar[type]
-    #: image dimensionality the model accepts: 2 (particle images) or 3 (volumes)
-    ndim: ClassVar[int] = 2
+    #: dimensionality of the data: 2 (particle images) or 3 (volumes); the class's default, which an instance
+    #: replaces by :meth:`data_ndim` of its options
+    ndim: int = 2
+    #: the pose :meth:`encode` infers
+    pose: Pose = Pose.NONE
 
     def __init__(self, config, box: int):
         super().__init__()
         self.config = config
         self.box = box
+        self.ndim = self.data_ndim(dataclasses.asdict(config))
 
     @classmethod
     def data_ndim(cls, options: dict) -> int:
@@ -112,3 +128,30 @@ class Model(nn.Module):
         """Images (N, D, D) (or volumes) from a dict shaped like :meth:`encode`'s output; missing pose entries
         mean the canonical pose (theta = 0, shift = 0, identity rotation)."""
         raise NotImplementedError
+
+
+class GroupAction(abc.ABC):
+    """The interface of a model that learns how a group acts on its latent (the masked model): the latent ``z``
+    (N, k) splits by channel into ``z_v``, on which the group acts, and ``z_i``, which it leaves unchanged, and
+    ``Phi_g(z) = g.z_v + z_i`` decodes to the data turned by g. `analyze` asks ``isinstance(model, GroupAction)``
+    and draws the channel mask, latents with swapped parts and the predicted action."""
+
+    @abc.abstractmethod
+    def channel_mask(self) -> torch.Tensor:
+        """(C,) binary mask of the latent channels, 1 = acted on (z_v)."""
+
+    @abc.abstractmethod
+    def swap(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+        """Flattened latents (N, k) with the z_v of ``z_a`` and the z_i of ``z_b`` (both (N, k))."""
+
+    @abc.abstractmethod
+    def turns(self, angles: torch.Tensor) -> torch.Tensor:
+        """Group elements g for turns by ``angles`` (N,) rad: in-plane for images, about the y axis for volumes."""
+
+    @abc.abstractmethod
+    def transform(self, data: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """T_g of data (N, D, D[, D]): the data turned by g, as the model sees data (e.g. masked to a disc)."""
+
+    @abc.abstractmethod
+    def predict(self, data: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """The model's T_g of ``data``: D(Phi_g(E(data)))."""

@@ -35,8 +35,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from emgroup.ctf import apply_ctf, ctf_rfft, rotate_ctf_parameters
-from emgroup.geometry import ball_mask, random_rotations, rotate_volumes
-from emgroup.models.base import Model, ctf_option, option
+from emgroup.geometry import ball_mask, quaternion_to_matrix, random_rotations, rotate_volumes
+from emgroup.models.base import GroupAction, Model, ctf_option, option
 from emgroup.models.grids import resample_images, rotation_matrix
 
 #: side (px) the latent grid is brought down to when ``stages`` is 0 (the paper's 28 px -> 7 px)
@@ -88,7 +88,7 @@ def _channel_mean(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(0, 1).flatten(1).mean(1)
 
 
-class MaskedGroupAction(Model):
+class MaskedGroupAction(Model, GroupAction):
     """Encoder-decoder with a learned binary channel mask on which SO(2) or SO(3) acts (see the module doc)."""
 
     name = "masked"
@@ -106,7 +106,7 @@ class MaskedGroupAction(Model):
                 raise ValueError(f"--{name} must be one of {', '.join(allowed)}, not {getattr(config, name)!r}")
         if config.latent_channels < 1 or config.width < 1 or config.stages < 0 or config.frequencies < 1:
             raise ValueError("--latent-channels, --width and --frequencies must be >= 1, --stages >= 0")
-        self.ndim = d = self.data_ndim({"group": config.group})
+        d = self.ndim
         stages = config.stages or max(1, math.ceil(math.log2(box / LATENT_SIDE)))
         self.side = -(-box // 2 ** stages)  # latent grid side; the input is zero-padded to side * 2^stages
         self.pad = self.side * 2 ** stages - box
@@ -157,8 +157,18 @@ class MaskedGroupAction(Model):
             return (2 * torch.rand(n, device=device) - 1) * limit
         return random_rotations(n, limit, device=device)
 
+    def turns(self, angles: torch.Tensor) -> torch.Tensor:
+        """Group elements for turns by ``angles`` (N,) rad: the angles (SO2), or the rotations about y (SO3)."""
+        if self.ndim == 2:
+            return angles
+        half = angles / 2  # the quaternions (cos a/2, 0, sin a/2, 0)
+        zero = torch.zeros_like(half)
+        return quaternion_to_matrix(torch.stack([half.cos(), zero, half.sin(), zero], -1))
+
     def transform(self, data: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """T_g of images (N, D, D) (angles g (N,) rad) or volumes (N, D, D, D) (matrices g (N, 3, 3)), masked."""
+        """T_g of images (N, D, D) (angles g (N,) rad) or volumes (N, D, D, D) (matrices g (N, 3, 3)), masked
+        before and after turning."""
+        data = data * self.support
         out = resample_images(data, g) if self.ndim == 2 else rotate_volumes(data, g.transpose(1, 2), mask=False)
         return out * self.support
 

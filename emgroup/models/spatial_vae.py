@@ -18,7 +18,7 @@ import torch
 
 from emgroup.geometry import parse_angle_distribution, wrap_angle
 from emgroup.models import losses
-from emgroup.models.base import Model, option
+from emgroup.models.base import Model, Pose, option
 from emgroup.models.generator import CoordinateGenerator
 from emgroup.models.grids import coordinate_grid, resample_images, transform_grid
 from emgroup.models.mlp import MLPConfig, mlp, noise_log_sigma, sample_gaussian
@@ -64,6 +64,11 @@ class SpatialVAE(Model):
         self.log_sigma = noise_log_sigma(config.likelihood)
         self.register_buffer("grid", coordinate_grid(box), persistent=False)
         self.z_frozen = False
+
+    @property
+    def pose(self) -> Pose:
+        """In-plane when the model infers a rotation or a shift (``--rotation``, ``--translation``)."""
+        return Pose.IN_PLANE if self.config.rotation or self.config.translation else Pose.NONE
 
     def on_epoch_start(self, epoch):
         self.z_frozen = epoch < self.config.freeze_z_epochs

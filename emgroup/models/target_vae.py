@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from emgroup.geometry import parse_angle_distribution, wrap_angle
 from emgroup.models import losses
-from emgroup.models.base import Model, check_ctf_likelihood, ctf_option, option
+from emgroup.models.base import Model, Pose, check_ctf_likelihood, ctf_option, option
 from emgroup.models.generator import CoordinateGenerator
 from emgroup.models.grids import coordinate_grid, pixel_size, rotation_matrix, transform_grid
 from emgroup.models.groupconv import GroupConv1x1, LiftingConv
@@ -86,6 +86,7 @@ def rotation_log_prior(spec: str, angles: torch.Tensor) -> torch.Tensor:
 class TargetVAE(Model):
     name = "target"
     Config = TargetVAEConfig
+    pose = Pose.IN_PLANE
 
     def __init__(self, config: TargetVAEConfig, box: int):
         super().__init__(config, box)

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from emgroup import __version__
 from emgroup.data.ctf import DEFOCUS_LABELS, has_ctf
 from emgroup.data.stack import require_finite
+from emgroup.devices import resolve_device
 from emgroup.errors import InputError
 from emgroup.io.atomic import atomic_path
 from emgroup.models.registry import MODELS, model_class
@@ -42,24 +43,6 @@ RESUME_MAY_CHANGE = ("epochs", "device", "num_workers")
 #: relative decrease of the monitored loss that counts as an improvement (best.pt, early stopping; the LR
 #: schedule uses ReduceLROnPlateau's own default, also 1e-4 relative)
 MIN_IMPROVEMENT = 1e-4
-
-
-def resolve_device(name: str, processes: distributed.Processes) -> torch.device:
-    """``auto`` -> the GPU when there is one, else the CPU; under torchrun ``cuda`` means GPU ``LOCAL_RANK``."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(f"cuda:{processes.local_rank}" if name == "cuda" else name)
-    except RuntimeError:
-        raise InputError(f"--device {name}: expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available() or device.index >= torch.cuda.device_count():
-            raise InputError(f"--device {name}: no such CUDA device on this machine")
-        if processes.world_size > 1 and name != "cuda":
-            raise InputError(f"--device {name}: under torchrun use --device cuda or auto (process r takes GPU r)")
-    elif device.type != "cpu":
-        raise InputError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
-    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -82,7 +65,7 @@ class Trainer:
         self.config, self.settings, self.stack = config, settings, stack
         self.rundir, self.progress = Path(rundir), progress
         self.processes = distributed.from_environment()
-        self.device = resolve_device(settings.device, self.processes)
+        self.device = resolve_device(settings.device, self.processes.local_rank, self.processes.world_size)
         train_idx, val_idx = split_indices(stack, settings.val_fraction, settings.seed)
         world = self.processes.world_size
         if settings.batch_size < world:
