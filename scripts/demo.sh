@@ -30,4 +30,4 @@ for key, meaning in rows:
     if key in m:
         print(f"  {m[key]:6.3f}  {meaning}")
 PY
-echo "demo finished: open $out/analysis/figures/*.png; $out/analysis/particles.star goes into RELION"
+echo "demo finished: open $out/analysis/report.html in a browser; $out/analysis/particles.star goes into RELION"
