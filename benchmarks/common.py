@@ -92,10 +92,17 @@ def provenance() -> dict:
             else None, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M %Z")}
 
 
+def portable_paths(text: str) -> str:
+    """``text`` with this checkout's absolute paths made relative to the repository (its parent as ``..``), so a
+    results file names no directory of the machine that made it."""
+    return text.replace(f"{REPO}/", "").replace(f"{REPO.parent}/", "../")
+
+
 def write_results(path, results: dict) -> None:
-    """The benchmark's figures as JSON after their `provenance`, written atomically."""
+    """The benchmark's figures as JSON after their `provenance`, written atomically, paths relative to the
+    repository (:func:`portable_paths`)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps({**provenance(), **results}, indent=2, default=float) + "\n")
+        tmp.write_text(portable_paths(json.dumps({**provenance(), **results}, indent=2, default=float)) + "\n")
 
 
 def print_table(rows: list[dict], columns: list[str]) -> None:

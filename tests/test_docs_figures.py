@@ -88,3 +88,9 @@ def test_the_check_reads_each_form_and_catches_wrong_values(tmp_path):
     found = problems(bad)
     assert len(found) == 6
     assert "the file has 0.5965" in found[0] and "FileNotFoundError" in found[2] and "matches 2 items" in found[3]
+
+
+def test_results_files_name_no_directory_of_the_machine_that_made_them():
+    """benchmarks/common.write_results makes paths relative to the checkout; files written before it must be too."""
+    for path in (REPO / "benchmarks" / "results").glob("*.json"):
+        assert f"{REPO.parent}/" not in path.read_text(), path.name
