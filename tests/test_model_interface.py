@@ -53,3 +53,16 @@ def test_group_action_swap_and_turns_agree_with_the_encoding():
     volumes = build_model("masked", {**SMALL["masked"], "ctf": False, "group": "SO3"}, BOX)
     turned = volumes.turns(torch.tensor([torch.pi / 2]))[0]  # a quarter turn about y: x -> -z, y fixed
     torch.testing.assert_close(turned, torch.tensor([[0.0, 0, 1], [0, 1, 0], [-1, 0, 0]]), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["spatial", "target"])
+def test_freeze_z_epochs_hold_z_at_zero(name):
+    torch.manual_seed(0)
+    model = build_model(name, {**SMALL[name], "ctf": False, "freeze_z_epochs": 2}, BOX)
+    seen = {}
+    model.generator.register_forward_pre_hook(lambda module, args: seen.__setitem__("z", args[1]))
+    for epoch, frozen in [(0, True), (1, True), (2, False)]:
+        model.on_epoch_start(epoch)
+        terms = model.loss({"images": torch.randn(4, BOX, BOX)})
+        assert (terms["kl_z"].item() == 0.0) == frozen
+        assert torch.all(seen["z"] == 0) == frozen

@@ -121,17 +121,6 @@ def test_augmentation_rotation_is_subtracted_from_the_predicted_angle():
     assert (seen["coords"] - plain_coords).abs().max() < 0.03  # ...yet the generator drew the same pose
 
 
-def test_freeze_z_epochs_hold_z_at_zero():
-    net = model(box=8, freeze_z_epochs=2)
-    seen = {}
-    net.generator.register_forward_pre_hook(lambda m, args: seen.__setitem__("z", args[1]))
-    for epoch, frozen in [(0, True), (1, True), (2, False)]:
-        net.on_epoch_start(epoch)
-        terms = net.loss({"images": torch.randn(4, 8, 8)})
-        assert (terms["kl_z"].item() == 0.0) == frozen
-        assert torch.all(seen["z"] == 0) == frozen
-
-
 @pytest.mark.slow
 def test_short_training_lowers_the_loss_and_recovers_in_plane_rotation():
     torch.manual_seed(0)

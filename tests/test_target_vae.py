@@ -169,3 +169,4 @@ def test_posterior_parameters_stay_fp32_under_bf16_autocast():
     assert mixed["logits"].dtype == mixed["theta"][0].dtype == mixed["z"][0].dtype == torch.float32
     # the encoder's products in bf16, then an fp32 head: the logits keep their differences between cells
     assert (mixed["logits"] - exact["logits"]).abs().max() < 0.05 * exact["logits"].std()
+

@@ -145,8 +145,9 @@ class TargetVAE(Model):
         r = len(self.angles)
         kl = {"kl_tr": (q * (log_q - self.log_prior)).sum(1)}
         mu, logstd = post["theta"]
+        kl_z = losses.gaussian_kl(*post["z"]).sum(-1)
         cells = {"kl_theta": losses.gaussian_kl(mu, logstd, self.angles, math.pi / r),
-                 "kl_z": 0 * post["z"][0].sum(-1) if self.z_frozen else losses.gaussian_kl(*post["z"]).sum(-1)}
+                 "kl_z": torch.zeros_like(kl_z) if self.z_frozen else kl_z}
         mu, logstd = post["position"]
         if logstd is not None:
             delta = mu - self.positions[:, :, None]
