@@ -1,11 +1,12 @@
 """TARGET-VAE: equivariance of the posterior, KL terms by hand, and a trained tiny model."""
 
+import copy
 import math
 
 import pytest
 import torch
 
-from emgroup.models import generator
+from emgroup.models import chunking, generator
 from emgroup.geometry import wrap_angle
 from emgroup.models.grids import resample_images, rotation_matrix
 from emgroup.models.registry import build_model
@@ -170,3 +171,52 @@ def test_posterior_parameters_stay_fp32_under_bf16_autocast():
     # the encoder's products in bf16, then an fp32 head: the logits keep their differences between cells
     assert (mixed["logits"] - exact["logits"]).abs().max() < 0.05 * exact["logits"].std()
 
+
+
+def loss_and_gradients(model, images, seed=0):
+    """The training loss of ``images`` and every parameter's gradient, for a fixed draw of the model's noise (on a
+    copy: a training step moves the generator's centre)."""
+    model = copy.deepcopy(model)
+    torch.manual_seed(seed)
+    loss = model.loss({"images": images, "index": torch.arange(len(images))})["loss"]
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("chunk_bytes, fft", [(1, True), (300_000, False)])  # one image per chunk; a few images
+def test_chunked_recomputation_gives_the_straightforward_gradients(monkeypatch, chunk_bytes, fft):
+    model = tiny_model(generator_layers=3)
+    model.lift.fft = fft  # the kernels' spectrum computed once for all chunks, or the direct convolution
+    images = digits(5, 21)
+    loss, grads = loss_and_gradients(model, images)
+    monkeypatch.setattr(chunking, "STORE_LIMIT", 1)
+    monkeypatch.setattr(chunking, "CHUNK_BYTES", chunk_bytes)
+    assert chunking.chunk_size(5, model.config.hidden * 21**2 * 4 * 6) < 5  # the generator is split indeed
+    chunked_loss, chunked_grads = loss_and_gradients(model, images)
+    torch.testing.assert_close(chunked_loss, loss, rtol=1e-5, atol=1e-5)
+    assert grads.keys() == chunked_grads.keys() and len(grads) >= 10  # encoder and generator layers
+    for name, grad in grads.items():
+        torch.testing.assert_close(chunked_grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_chunks_bound_the_memory_that_autograd_keeps(monkeypatch):
+    """The tensors autograd saves for backward: a whole batch's straightforwardly, one chunk's when chunked."""
+    model = tiny_model(generator_layers=3)
+    images = digits(8, 21)
+
+    def saved_bytes():
+        total = 0
+
+        def pack(tensor):
+            nonlocal total
+            total += tensor.numel() * tensor.element_size()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            model.loss({"images": images, "index": torch.arange(8)})
+        return total
+
+    whole = saved_bytes()
+    monkeypatch.setattr(chunking, "STORE_LIMIT", 1)
+    monkeypatch.setattr(chunking, "CHUNK_BYTES", 1)
+    assert saved_bytes() < whole / 4

@@ -10,6 +10,7 @@ import math
 import torch
 from torch import nn
 
+from emgroup.models.chunking import chunked
 from emgroup.models.grids import canonical_centroid, pixel_size
 
 ACTIVATIONS = {"tanh": nn.Tanh, "leaky_relu": lambda: nn.LeakyReLU(0.2)}
@@ -120,6 +121,13 @@ class CoordinateGenerator(nn.Module):
     def forward(self, coords: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         coords = coords + self.centre
         shift = self.latent(z) if self.latent is not None else coords.new_zeros(len(coords), self.hidden)
+        # per image, each layer of the body (a linear layer or an activation) keeps a (P, hidden) input for
+        # backward, fp32 at most
+        item_bytes = coords.shape[1] * self.hidden * 4 * len(self.body)
+        return chunked(self._draw, coords, shift, item_bytes=item_bytes)
+
+    def _draw(self, coords: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """(N, P, 2) coordinates (centred) and (N, hidden) latent branch -> (N, P) pixel values."""
         if isinstance(self.coords, FourierLinear):
             h = self.coords(coords, shift)
         else:

@@ -59,23 +59,31 @@ def rotated_kernels(weight: torch.Tensor, rotations: int) -> torch.Tensor:
     return turns.reshape(rotations, c_out, c_in, k, k)
 
 
-def fft_conv2d(images: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
+def kernel_spectrum(weight: torch.Tensor, size: int, padding: int) -> torch.Tensor:
+    """The (C_out, C_in, L, L // 2 + 1) conjugate spectrum of (C_out, C_in, K, K) kernels with which
+    :func:`fft_conv2d` correlates inputs padded to L = ``size``: the kernel placed at -padding on the circle, so
+    that ``out[o] = sum_j w[j] x[o + j - padding]``."""
+    k = weight.shape[-1]
+    kernel = torch.roll(F.pad(weight, (0, size - k, 0, size - k)), (-padding, -padding), (-2, -1))
+    return torch.fft.rfft2(kernel).conj()
+
+
+def fft_conv2d(images: torch.Tensor, weight: torch.Tensor, padding: int,
+               spectrum: torch.Tensor | None = None) -> torch.Tensor:
     """``F.conv2d(images, weight, padding=padding)`` (cross-correlation, zero padding) computed by FFT.
 
     images (N, C_in, D, D), weight (C_out, C_in, K, K) -> (N, C_out, H, H), H = D + 2 padding - K + 1. The
     transforms are of size D + 2 padding, where circular correlation has no wrap-around on the H x H outputs; the
-    padding offset is folded into the (cheap) kernel transform, and the inverse transform of the rows is cropped
-    to H before the columns are transformed. Costs O(N C_out L^2 log L) instead of O(N C_out H^2 K^2).
+    padding offset is folded into the (cheap) kernel transform (:func:`kernel_spectrum`; given as ``spectrum`` when
+    already computed), and the inverse transform of the rows is cropped to H before the columns are transformed.
+    Costs O(N C_out L^2 log L) instead of O(N C_out H^2 K^2).
     """
-    n, c_in, d, _ = images.shape
-    k = weight.shape[-1]
+    d, k = images.shape[-1], weight.shape[-1]
     size, out = d + 2 * padding, d + 2 * padding - k + 1
     if out < 1:
         raise ValueError(f"kernel {k} px is larger than the padded {size} px input")
-    # out[o] = sum_j w[j] x[o + j - padding]: the kernel placed at -padding on the circle
-    kernel = torch.roll(F.pad(weight, (0, size - k, 0, size - k)), (-padding, -padding), (-2, -1))
-    spectrum = torch.einsum("nifx,oifx->nofx", torch.fft.rfft2(images, s=(size, size)),
-                            torch.fft.rfft2(kernel).conj())
+    spectrum = kernel_spectrum(weight, size, padding) if spectrum is None else spectrum
+    spectrum = torch.einsum("nifx,oifx->nofx", torch.fft.rfft2(images, s=(size, size)), spectrum)
     rows = torch.fft.ifft(spectrum, dim=-2)[..., :out, :]
     return torch.fft.irfft(rows, n=size, dim=-1)[..., :out]
 
@@ -110,18 +118,33 @@ class LiftingConv(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_channels).uniform_(-bound, bound))
 
     def forward(self, images):
+        return self.operator(images.shape[-1], images.device.type)(images)
+
+    def operator(self, box: int, device_type: str):
+        """The convolution with the current kernels as a function (N, C_in, box, box) -> (N, H, H, r, C_out), the
+        rotated kernels (and, for the FFT, their spectrum) computed once: applying it to the chunks of a batch costs
+        what one call on the batch does (and autograd reaches the weights through each chunk)."""
         kernels = rotated_kernels(self.weight, self.rotations).flatten(0, 1)
-        min_kernel = FFT_MIN_KERNEL.get(images.device.type, FFT_MIN_KERNEL["cuda"])
+        min_kernel = FFT_MIN_KERNEL.get(device_type, FFT_MIN_KERNEL["cuda"])
         if self.fft if self.fft is not None else kernels.shape[-1] >= min_kernel:
-            out = fft_conv2d(images, kernels, self.padding).permute(0, 2, 3, 1)
-        elif images.device.type == "cpu":
-            out = unfold_conv2d(images, kernels, self.padding)
+            spectrum = kernel_spectrum(kernels, box + 2 * self.padding, self.padding)
+
+            def convolve(images):
+                return fft_conv2d(images, kernels, self.padding, spectrum).permute(0, 2, 3, 1)
+        elif device_type == "cpu":
+            def convolve(images):
+                return unfold_conv2d(images, kernels, self.padding)
         else:  # channels-last output, so the permute is a view
-            out = F.conv2d(images.contiguous(memory_format=torch.channels_last),
-                           kernels.contiguous(memory_format=torch.channels_last), padding=self.padding)
-            out = out.permute(0, 2, 3, 1)
-        n, h, w, _ = out.shape
-        return out.reshape(n, h, w, self.rotations, -1) + self.bias.to(out.dtype)
+            def convolve(images):
+                out = F.conv2d(images.contiguous(memory_format=torch.channels_last),
+                               kernels.contiguous(memory_format=torch.channels_last), padding=self.padding)
+                return out.permute(0, 2, 3, 1)
+
+        def lifted(images):
+            out = convolve(images)
+            n, h, w, _ = out.shape
+            return out.reshape(n, h, w, self.rotations, -1) + self.bias.to(out.dtype)
+        return lifted
 
 
 class GroupConv1x1(nn.Module):

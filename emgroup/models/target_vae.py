@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from emgroup.geometry import parse_angle_distribution, wrap_angle
 from emgroup.models import losses
 from emgroup.models.base import Model, Pose, check_ctf_likelihood, ctf_option, option
+from emgroup.models.chunking import chunked
 from emgroup.models.generator import CoordinateGenerator
 from emgroup.models.grids import coordinate_grid, pixel_size, rotation_matrix, transform_grid
 from emgroup.models.groupconv import GroupConv1x1, LiftingConv
@@ -38,6 +39,9 @@ GROUPS = {"P4": 4, "P8": 8, "P16": 16}
 SUBPIXEL_SIGMA = 0.5
 #: kernel and padding as fractions of the box when not given: the paper's 28 px and 8 px for 50 px MNIST
 KERNEL_FRACTION, PADDING_FRACTION = 0.56, 0.16
+#: fp32 maps of (cells, rotations, channels) per image that the encoder keeps for backward: the lifted, mixed and
+#: activated maps and the head's input
+ENCODER_MAPS = 4
 
 
 @dataclass
@@ -123,9 +127,10 @@ class TargetVAE(Model):
     def _posterior(self, images):
         """Per cell (N, H, W, r): ``logits``; ``theta`` (mean, log-std) rad; ``z`` (means, log-stds) (..., k);
         ``position`` (mean (..., 2) px, log-std (...,)) of the object's centre, log-std None without sub-pixel."""
-        h = F.leaky_relu(self.mix(F.leaky_relu(self.lift(images[:, None]), 0.2)), 0.2)
-        with torch.autocast(images.device.type, enabled=False):  # bf16 would round logits of ~20 to steps of 0.1
-            out = self.head(h.float())
+        cells = len(self.positions)
+        item_bytes = cells**2 * len(self.angles) * self.config.channels * 4 * ENCODER_MAPS
+        lift = self.lift.operator(self.box, images.device.type)
+        out = chunked(lambda chunk: self._cells(chunk, lift), images, item_bytes=item_bytes)
         k = self.config.z_dim
         # log p(r) added to the attention logits, as the public code does (q(r) starts at the prior)
         post = {"logits": out[..., 0] + self.log_p_r, "theta": (out[..., 1] + self.angles, out[..., 2]),
@@ -137,6 +142,13 @@ class TargetVAE(Model):
         else:
             post["position"] = (position.expand_as(out[..., :2]), None)
         return post
+
+    def _cells(self, images, lift):
+        """The head's outputs per cell, (N, H, W, r, 3 + 2 k + 3 subpixel), for images (N, D, D) and the lifting
+        convolution ``lift`` (:meth:`~emgroup.models.groupconv.LiftingConv.operator`)."""
+        h = F.leaky_relu(self.mix(F.leaky_relu(lift(images[:, None]), 0.2)), 0.2)
+        with torch.autocast(images.device.type, enabled=False):  # bf16 would round logits of ~20 to steps of 0.1
+            return self.head(h.float())
 
     def kl(self, post) -> dict[str, torch.Tensor]:
         """Per-image KL terms (N,): ``kl_tr`` of q(t, r) and the q-weighted ``kl_theta``, ``kl_z``, ``kl_shift``."""
