@@ -46,7 +46,8 @@ def test_short_training_lowers_the_loss_and_writes_the_run(run_emgroup, tiny_par
     assert config["particles"] == str(tiny_particles.resolve())
     defaults = dataclasses.asdict(SpatialVAE.Config())
     # the particles carry defocus: the CTF is modelled without being asked
-    assert config["options"] == {**defaults, "ctf": True, "hidden": 32, "epochs": 5, "batch_size": 25, "lr": 3e-3, "seed": 0,
+    assert config["options"] == {**defaults, "ctf": True, "hidden": 32, "epochs": 5, "epoch_size": None,
+                                 "batch_size": 25, "lr": 3e-3, "seed": 0,
                                  "device": "auto", "num_workers": 0, "precision": "fp32", "val_fraction": None,
                                  "plateau_patience": 10, "early_stop": 20}
     assert config["version"]
@@ -218,6 +219,19 @@ def test_batches_of_ranks_make_up_the_single_process_batch():
     single.set_epoch(5)
     assert list(single) != whole
     assert EpochBatches(np.arange(21), 5, seed=0, world_size=2).global_sizes() == [5, 5, 5, 5]  # a lone 1 dropped
+
+
+def test_an_epoch_size_takes_a_new_seeded_subset_each_epoch():
+    sampler = EpochBatches(np.arange(100, 200), 8, seed=1, epoch_size=20)
+    subsets = []
+    for epoch in (0, 1, 0):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert [len(batch) for batch in batches] == [8, 8, 4]
+        subsets.append(sorted(np.concatenate(batches)))
+        assert len(set(subsets[-1])) == 20 and set(subsets[-1]) <= set(range(100, 200))
+    assert subsets[0] != subsets[1] and subsets[0] == subsets[2]
+    assert len(EpochBatches(np.arange(10), 4, seed=0, epoch_size=50)) == 3  # never more than the particles
 
 
 def test_batches_hold_the_requested_particles_and_their_ctf(tiny_particles):

@@ -119,6 +119,9 @@ _PARAMS = [
                       "beta-VAE baseline. [required unless --resume]"),
     click.Option(["--epochs"], type=click.IntRange(1), default=DEFAULTS.epochs, show_default=True,
                  help="Maximum number of passes over the training particles (may be raised on --resume)."),
+    click.Option(["--epoch-size"], type=click.IntRange(1), default=DEFAULTS.epoch_size,
+                 help="Training particles per epoch, a new seeded random subset each epoch (for stacks too large "
+                      "to pass over between validations). [default: all]"),
     click.Option(["--batch-size"], type=click.IntRange(1), default=DEFAULTS.batch_size, show_default=True,
                  help="Particles per optimisation step, over all processes (torchrun splits it); out of memory, "
                       "one process splits it into micro-batches and says so."),

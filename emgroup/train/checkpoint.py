@@ -25,6 +25,7 @@ class TrainSettings:
     """Options of the loop itself (a model's own options live in its ``Config``)."""
 
     epochs: int = 50  # maximum number of passes over the training particles
+    epoch_size: int | None = None  # training particles per epoch (a new seeded subset each epoch); None: all
     batch_size: int = 100  # particles per optimisation step, over all processes
     lr: float = 1e-3  # Adam learning rate
     seed: int = 0

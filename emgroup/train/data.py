@@ -71,7 +71,8 @@ class StackBatches(torch.utils.data.Dataset):
 
 
 class EpochBatches(torch.utils.data.Sampler):
-    """Batches of ``indices`` in an order fixed by (seed, epoch), so a resumed run sees the very same batches.
+    """Batches of ``indices`` in an order fixed by (seed, epoch), so a resumed run sees the very same batches; with
+    ``epoch_size``, each epoch takes only the first ``epoch_size`` particles of its (shuffled) order.
 
     Each *global* batch of ``batch_size`` particles is split over ``world_size`` processes (rank ``r`` takes
     ``batch[r::world_size]``); a last global batch smaller than ``world_size`` is dropped so every rank has
@@ -79,16 +80,16 @@ class EpochBatches(torch.utils.data.Sampler):
     """
 
     def __init__(self, indices, batch_size: int, seed: int, shuffle: bool = True, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, epoch_size: int | None = None):
         self.indices, self.batch_size, self.seed, self.shuffle = np.asarray(indices), batch_size, seed, shuffle
         self.rank, self.world_size, self.epoch = rank, world_size, 0
+        self.count = len(self.indices) if epoch_size is None else min(epoch_size, len(self.indices))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def global_sizes(self) -> list[int]:
-        sizes = [min(self.batch_size, len(self.indices) - start) for start in range(0, len(self.indices),
-                                                                                    self.batch_size)]
+        sizes = [min(self.batch_size, self.count - start) for start in range(0, self.count, self.batch_size)]
         return [size for size in sizes if size >= self.world_size]
 
     def __len__(self):
@@ -104,9 +105,9 @@ class EpochBatches(torch.utils.data.Sampler):
 
 
 def batch_loader(stack, indices, batch_size: int, seed: int, shuffle: bool, with_ctf: bool, num_workers: int = 0,
-                 pin_memory: bool = False, rank: int = 0, world_size: int = 1):
+                 pin_memory: bool = False, rank: int = 0, world_size: int = 1, epoch_size: int | None = None):
     """(sampler, DataLoader) streaming this rank's share of ``indices`` in batches (see :class:`EpochBatches`)."""
-    sampler = EpochBatches(indices, batch_size, seed, shuffle, rank, world_size)
+    sampler = EpochBatches(indices, batch_size, seed, shuffle, rank, world_size, epoch_size)
     loader = torch.utils.data.DataLoader(StackBatches(stack, with_ctf), sampler=sampler, batch_size=None,
                                          num_workers=num_workers, pin_memory=pin_memory,
                                          persistent_workers=num_workers > 0)

@@ -89,7 +89,8 @@ class Trainer:
         loader = dict(stack=stack, batch_size=settings.batch_size, seed=settings.seed,
                       with_ctf=self.model.uses_ctf, num_workers=settings.num_workers,
                       pin_memory=self.device.type == "cuda", rank=self.processes.rank, world_size=world)
-        self.train_sampler, self.train_loader = batch_loader(indices=train_idx, shuffle=True, **loader)
+        self.train_sampler, self.train_loader = batch_loader(indices=train_idx, shuffle=True,
+                                                             epoch_size=settings.epoch_size, **loader)
         self.val_sampler, self.val_loader = batch_loader(indices=val_idx, shuffle=False, **loader)
         self.epoch, self.best, self.stale_epochs, self.history = 0, math.inf, 0, []
         #: epochs held by checkpoints/last.pt (None: no checkpoint yet); particles per micro-batch (None: whole
@@ -352,7 +353,7 @@ def resume_run(rundir, changes: dict | None = None, *, particles=None, model: st
         raise InputError(f"holds a --model {config['model']} run, not {model}", rundir)
     if particles is not None and Path(particles).resolve() != Path(config["particles"]):
         raise InputError(f"the run in {rundir} was trained on {config['particles']}", particles)
-    stored = config["options"]
+    stored = {"epoch_size": None, **config["options"]}  # runs from before --epoch-size train on every particle
     given = {**{k: v for k, v in (model_options or {}).items() if v is not None}, **(changes or {})}
     for name, value in given.items():
         if name not in RESUME_MAY_CHANGE and value != stored.get(name):
