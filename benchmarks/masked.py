@@ -36,7 +36,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from common import write_results
-from emgroup.data.volumes import VolumeStack
+from emgroup.data.stack import Stack
 from emgroup.geometry import random_rotations, rotation_angle
 from emgroup.models.masked import MaskedGroupAction
 
@@ -69,7 +69,7 @@ def adk_volumes(n: int, seed: int, snr: float, folder: Path):
                     str(SHARED / "adk_open.pdb"), "--conformations", "2", "--snr", str(snr), "--seed", str(seed),
                     "--no-progress"],
                    check=True, cwd=folder.parent, capture_output=True)
-    stack = VolumeStack.open(folder / "volumes.star", root=folder.parent)
+    stack = Stack.open(folder / "volumes.star", ndim=3, root=folder.parent)
     volumes = torch.from_numpy(stack.images())
     labels = stack.meta["rlnEmgroupTrueConformation"].to_numpy().round().astype(int)
     half = n * 4 // 5

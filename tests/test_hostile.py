@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import corpus
-from emgroup.data.stack import ParticleStack, write_particles
+from emgroup.data.stack import Stack, write_particles
 from emgroup.io.mrc import write_stack
 from emgroup.models.spatial_vae import SpatialVAE
 from emgroup.train import checkpoint
@@ -242,7 +242,7 @@ def test_sigterm_stops_preprocess_and_leaves_nothing(tmp_path):
 @pytest.fixture
 def nan_star(tmp_path, tiny_particles):
     """A copy of the tiny particles whose particle 8 has a NaN pixel."""
-    stack = ParticleStack.open(tiny_particles)
+    stack = Stack.open(tiny_particles)
     images = stack.images()
     images[7, 3, 4] = np.nan
     return write_particles(tmp_path / "nan" / "particles.star", [images], stack.meta, stack.optics, stack.apix)

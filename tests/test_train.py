@@ -13,7 +13,7 @@ import torch
 from emgroup.ctf import ctf_rfft
 from emgroup.data.ctf import stack_ctf, stack_ctf_parameters
 from emgroup.data.preprocess import SPLIT_COLUMN
-from emgroup.data.stack import ParticleStack
+from emgroup.data.stack import Stack
 from emgroup.errors import InputError
 from emgroup.io.star import read_star, write_star
 from emgroup.models.registry import build_model
@@ -58,7 +58,7 @@ def test_short_training_lowers_the_loss_and_writes_the_run(run_emgroup, tiny_par
     assert isinstance(model, SpatialVAE) and not model.training and loaded == best["config"]
     for name, value in model.state_dict().items():
         assert torch.equal(value, best["model"][name])
-    stack = ParticleStack.open(tiny_particles)
+    stack = Stack.open(tiny_particles)
     with pytest.raises(ValueError, match="CTF"):
         model.encode(torch.from_numpy(stack.images([0, 1, 2])))
     latent = model.encode(torch.from_numpy(stack.images([0, 1, 2])),
@@ -194,7 +194,7 @@ def test_help_lists_every_model_option_with_units_and_defaults(run_emgroup):
 
 
 def test_split_comes_from_the_preprocess_column_unless_a_fraction_is_given(tiny_particles):
-    stack = ParticleStack.open(tiny_particles)
+    stack = Stack.open(tiny_particles)
     train, val = split_indices(stack, None, seed=0)
     np.testing.assert_array_equal(val, np.flatnonzero(stack.meta[SPLIT_COLUMN] == "val"))
     assert len(val) == 25 and len(train) == 225
@@ -221,7 +221,7 @@ def test_batches_of_ranks_make_up_the_single_process_batch():
 
 
 def test_batches_hold_the_requested_particles_and_their_ctf(tiny_particles):
-    stack = ParticleStack.open(tiny_particles)
+    stack = Stack.open(tiny_particles)
     batch = StackBatches(stack, with_ctf=True)[[7, 2, 200]]
     np.testing.assert_array_equal(batch["images"].numpy(), stack.images([7, 2, 200]))
     assert batch["index"].tolist() == [7, 2, 200] and batch["ctf_parameters"].shape == (3, 9)

@@ -73,7 +73,7 @@ class Options:
 
 
 def analyze(model, stack, outdir, rundir=None, options: Options | None = None) -> dict:
-    """Write every output of `emgroup analyze` for ``stack`` (a ParticleStack) and a trained ``model`` (eval mode,
+    """Write every output of `emgroup analyze` for ``stack`` (a Stack) and a trained ``model`` (eval mode,
     on ``options.device``) into ``outdir``; ``rundir`` supplies ``metrics.csv`` for the training curves and
     ``config.json`` for the report's settings.
     Returns a summary: particle and cluster counts, and the metrics against ground truth (when the STAR has any)."""
@@ -135,7 +135,7 @@ def analyze(model, stack, outdir, rundir=None, options: Options | None = None) -
 
 
 def analyze_volumes(model, stack, outdir, rundir=None, options: Options | None = None) -> dict:
-    """`emgroup analyze` for a volume model (``model.ndim == 3``) and a VolumeStack: ``latents.h5``,
+    """`emgroup analyze` for a volume model (``model.ndim == 3``) and a Stack of volumes: ``latents.h5``,
     ``volumes.star`` (the input rows with ``rlnClassNumber`` and the latents), ``class_decoded/classNNN.mrc`` (the
     decoder at each cluster centre), ``denoised/NNNNNN.mrc`` + ``denoised.star`` (each volume's reconstruction),
     figures (volumes drawn as projections along z) and, with truth in the STAR, ``metrics.json``. Such a model

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from emgroup import __version__
 from emgroup.data.ctf import DEFOCUS_LABELS, has_ctf
-from emgroup.data.stack import require_finite
+from emgroup.data.stack import Stack, require_finite
 from emgroup.devices import resolve_device
 from emgroup.errors import InputError
 from emgroup.io.atomic import atomic_path
@@ -34,7 +34,7 @@ from emgroup.train import distributed
 from emgroup.train.checkpoint import (CHECKPOINTS, CONFIG, METRICS, TrainSettings, checkpoint_path, load_checkpoint,
                                       read_config, rng_state, run_model_options, save_checkpoint, set_rng_state,
                                       write_config)
-from emgroup.train.data import batch_loader, open_particles, split_indices
+from emgroup.train.data import batch_loader, split_indices
 
 #: --precision -> autocast dtype (None: no autocast); fp16 applies on CUDA only
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -321,7 +321,7 @@ def new_run(particles, rundir, model: str, model_options: dict, settings: TrainS
     if foreign:
         raise InputError(f"{', '.join(map(_flag, foreign))}: not an option of --model {model}")
     options = {**{k: v for k, v in model_options.items() if v is not None}, **dataclasses.asdict(settings)}
-    stack = open_particles(particles, cls.data_ndim(options), root)
+    stack = Stack.open(particles, cls.data_ndim(options), root)
     options["ctf"] = _resolve_ctf(options.get("ctf"), stack, particles)
     config = {"model": model, "options": options, "box": stack.box, "apix": stack.apix,
               "particles": str(Path(particles).resolve()), "root": None if root is None else str(root),
@@ -364,7 +364,7 @@ def resume_run(rundir, changes: dict | None = None, *, particles=None, model: st
         raise InputError(f"not a run config (its options lack {', '.join(missing)})", rundir / CONFIG)
     settings = TrainSettings(**{f.name: given.get(f.name, stored[f.name]) for f in dataclasses.fields(TrainSettings)})
     state = load_checkpoint(checkpoint_path(rundir, "last"))
-    stack = open_particles(config["particles"], model_class(config["model"]).data_ndim(stored), config.get("root"))
+    stack = Stack.open(config["particles"], model_class(config["model"]).data_ndim(stored), config.get("root"))
     config = {**config, "options": {**stored, **dataclasses.asdict(settings)},
               "world_size": distributed.from_environment().world_size}
     trainer = Trainer(config, settings, stack, rundir, progress)
