@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from emgroup.analysis.clustering import METHODS
-from emgroup.analysis.pipeline import Options, analyze, analyze_volumes
+from emgroup.analysis.pipeline import Options, analyze
 from emgroup.data.stack import Stack
 from emgroup.devices import resolve_device
 from emgroup.errors import InputError
@@ -101,7 +101,7 @@ def command(rundir, particles, outdir, checkpoint, clusters, cluster_method, max
     options = Options(clusters, cluster_method, max_clusters, batch_size, torch_device, canonical, denoise,
                       align_classes, seed, progress, report)
     with output_folder(outdir), written_together():  # every output, or none
-        summary = (analyze_volumes if stack.ndim == 3 else analyze)(model, stack, outdir, rundir, options)
+        summary = analyze(model, stack, outdir, rundir, options)
     noun = "volumes" if stack.ndim == 3 else "particles"
     click.echo(f"{summary['particles']} {noun} in {summary['clusters']} clusters {summary['counts']}; outputs in "
                f"{outdir}")
