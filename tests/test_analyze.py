@@ -265,7 +265,7 @@ def test_report_embeds_every_figure_the_metrics_and_settings_and_loads_nothing(a
     for name, value in json.loads((analyzed / "out/metrics.json").read_text()).items():
         assert f"<th>{name}</th><td class=\"number\">{value:.4g}</td>" in text
     config = json.loads((analyzed / "run/config.json").read_text())
-    assert f"<th>hidden</th><td class=\"number\">{config['options']['hidden']}</td>" in text
+    assert f"<th>hidden</th><td class=\"number\">{config['model_options']['hidden']}</td>" in text
     assert any("relion_refine --i out/class001.star" in c and "--ctf" in c for c in page.commands)
     assert "Particle meta path: " + str((analyzed / "out/particles.cs").resolve()) in text
 

@@ -291,7 +291,8 @@ def test_resume_with_a_broken_config(tmp_path, run_emgroup):
     run = tmp_path / "run"
     run.mkdir()
     for text, problem in [("{not json", r"not a readable run config \(not JSON"),
-                          ('{"model": "spatial"}', r"not a run config \(no options, box, apix, particles entry\)")]:
+                          ('{"model": "spatial"}', r"not a run config \(no model_options, training, box, apix, "
+                                                 r"particles entry\)")]:
         (run / "config.json").write_text(text)
         assert_one_line(run_emgroup("train", "-o", run, "--resume"), 2, rf"{run}/config.json: {problem}")
 

@@ -46,9 +46,10 @@ def test_short_training_lowers_the_loss_and_writes_the_run(run_emgroup, tiny_par
     assert config["particles"] == str(tiny_particles.resolve())
     defaults = dataclasses.asdict(SpatialVAE.Config())
     # the particles carry defocus: the CTF is modelled without being asked
-    assert config["options"] == {**defaults, "ctf": True, "hidden": 32, "epochs": 5, "batch_size": 25, "lr": 3e-3, "seed": 0,
-                                 "device": "auto", "num_workers": 0, "precision": "fp32", "val_fraction": None,
-                                 "plateau_patience": 10, "early_stop": 20}
+    assert config["model_options"] == {**defaults, "ctf": True, "hidden": 32}
+    assert config["training"] == {"epochs": 5, "batch_size": 25, "lr": 3e-3, "seed": 0, "device": "auto",
+                                  "num_workers": 0, "precision": "fp32", "val_fraction": None, "plateau_patience": 10,
+                                  "early_stop": 20}
     assert config["version"]
 
     best = load_checkpoint(run / "checkpoints" / "best.pt")
@@ -78,7 +79,7 @@ def test_a_3d_model_trains_on_volumes(run_emgroup, tmp_path):
     metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert len(metrics) == 2 and metrics["train_loss"].iloc[1] < metrics["train_loss"].iloc[0]
     model, config = load_run(tmp_path / "run")
-    assert (model.ndim, config["box"], config["options"]["group"]) == (3, 16, "SO3")
+    assert (model.ndim, config["box"], config["model_options"]["group"]) == (3, 16, "SO3")
 
 
 @pytest.mark.slow
@@ -141,7 +142,7 @@ def test_a_run_folder_is_refused_unless_resume_or_force(run_emgroup, tiny_partic
     result = run_emgroup("train", tiny_particles, "-o", run, "--model", "vae", "--epochs", 1, "--z-dim", 3,
                          "--force", *SMALL)
     assert result.exit_code == 0, result.output
-    assert json.loads((run / "config.json").read_text())["options"]["z_dim"] == 3
+    assert json.loads((run / "config.json").read_text())["model_options"]["z_dim"] == 3
 
 
 def _volumes_star(particles, folder):
@@ -250,11 +251,11 @@ def test_load_run_without_the_checkpoint_is_an_input_error(tmp_path):
 
 
 def test_a_run_config_builds_its_model_and_an_unknown_option_is_named(tmp_path):
-    """config.json's options are the model's Config fields and the TrainSettings; any other key is an error."""
+    """config.json's model options are the model's Config fields; any other key is an error."""
     model = build_model("vae", {"z_dim": 2}, 8)
-    options = {**dataclasses.asdict(model.config), **dataclasses.asdict(TrainSettings())}
     for extra in ({}, {"z_dimm": 3}):
-        config = {"model": "vae", "options": {**options, **extra}, "box": 8}
+        config = {"model": "vae", "model_options": {**dataclasses.asdict(model.config), **extra},
+                  "training": dataclasses.asdict(TrainSettings()), "box": 8}
         save_checkpoint(tmp_path / "checkpoints" / "best.pt", {"model": model.state_dict(), "config": config})
         if not extra:
             assert load_run(tmp_path)[0].config == model.config

@@ -32,8 +32,7 @@ from emgroup.models.registry import MODELS, model_class
 from emgroup.signals import sigterm_interrupts
 from emgroup.train import distributed
 from emgroup.train.checkpoint import (CHECKPOINTS, CONFIG, METRICS, TrainSettings, checkpoint_path, load_checkpoint,
-                                      read_config, rng_state, run_model_options, save_checkpoint, set_rng_state,
-                                      write_config)
+                                      read_config, rng_state, save_checkpoint, set_rng_state, write_config)
 from emgroup.train.data import batch_loader, split_indices
 
 #: --precision -> autocast dtype (None: no autocast); fp16 applies on CUDA only
@@ -72,7 +71,7 @@ class Trainer:
             raise InputError(f"--batch-size {settings.batch_size} is smaller than the {world} processes")
         seed_everything(settings.seed)  # the same initial weights in every process
         try:
-            self.model = model_class(config["model"]).from_config(run_model_options(config), stack.box).to(self.device)
+            self.model = model_class(config["model"]).from_config(config["model_options"], stack.box).to(self.device)
         except ValueError as err:
             raise InputError(f"--model {config['model']}: {err}") from None
         distributed.init(self.processes, self.device)
@@ -320,15 +319,16 @@ def new_run(particles, rundir, model: str, model_options: dict, settings: TrainS
                      - {f.name for f in dataclasses.fields(cls.Config)})
     if foreign:
         raise InputError(f"{', '.join(map(_flag, foreign))}: not an option of --model {model}")
-    options = {**{k: v for k, v in model_options.items() if v is not None}, **dataclasses.asdict(settings)}
+    options = {k: v for k, v in model_options.items() if v is not None}
     stack = Stack.open(particles, cls.data_ndim(options), root)
     options["ctf"] = _resolve_ctf(options.get("ctf"), stack, particles)
-    config = {"model": model, "options": options, "box": stack.box, "apix": stack.apix,
+    config = {"model": model, "model_options": options, "training": dataclasses.asdict(settings),
+              "box": stack.box, "apix": stack.apix,
               "particles": str(Path(particles).resolve()), "root": None if root is None else str(root),
               "world_size": distributed.from_environment().world_size, "version": __version__}
     trainer = Trainer(config, settings, stack, rundir, progress)
     # record every model option, defaults included
-    config["options"] = {**dataclasses.asdict(trainer.model.config), **options}
+    config["model_options"] = {**dataclasses.asdict(trainer.model.config), **options}
     if trainer.processes.main:
         if force:
             for path in (rundir / CONFIG, rundir / METRICS):
@@ -352,7 +352,7 @@ def resume_run(rundir, changes: dict | None = None, *, particles=None, model: st
         raise InputError(f"holds a --model {config['model']} run, not {model}", rundir)
     if particles is not None and Path(particles).resolve() != Path(config["particles"]):
         raise InputError(f"the run in {rundir} was trained on {config['particles']}", particles)
-    stored = config["options"]
+    stored = {**config["model_options"], **config["training"]}
     given = {**{k: v for k, v in (model_options or {}).items() if v is not None}, **(changes or {})}
     for name, value in given.items():
         if name not in RESUME_MAY_CHANGE and value != stored.get(name):
@@ -365,7 +365,7 @@ def resume_run(rundir, changes: dict | None = None, *, particles=None, model: st
     settings = TrainSettings(**{f.name: given.get(f.name, stored[f.name]) for f in dataclasses.fields(TrainSettings)})
     state = load_checkpoint(checkpoint_path(rundir, "last"))
     stack = Stack.open(config["particles"], model_class(config["model"]).data_ndim(stored), config.get("root"))
-    config = {**config, "options": {**stored, **dataclasses.asdict(settings)},
+    config = {**config, "training": dataclasses.asdict(settings),
               "world_size": distributed.from_environment().world_size}
     trainer = Trainer(config, settings, stack, rundir, progress)
     trainer.load_state(state)
