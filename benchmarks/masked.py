@@ -35,13 +35,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from common import write_results
+from common import RESULTS, SHARED_DATA, write_results
 from emgroup.data.stack import Stack
 from emgroup.geometry import random_rotations, rotation_angle
 from emgroup.models.masked import MaskedGroupAction
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 TRAIN_ANGLE = 90.0  # degrees: the largest rotation seen in training
 
 VARIANTS = {
@@ -55,7 +53,7 @@ VARIANTS = {
 
 def mnist(n_train: int, n_test: int):
     """Digits (n, 28, 28) in [0, 1] (background 0, like the rotation's padding) and labels."""
-    data = np.load(SHARED / "mnist10k.npz")
+    data = np.load(SHARED_DATA / "mnist10k.npz")
     images = torch.from_numpy(data["images"][:n_train + n_test].astype(np.float32) / 255.0)
     labels = data["labels"][:n_train + n_test].astype(int)
     return (images[:n_train], labels[:n_train]), (images[n_train:], labels[n_train:])
@@ -65,8 +63,8 @@ def adk_volumes(n: int, seed: int, snr: float, folder: Path):
     """n closed/open AdK volumes (n, 32, 32, 32) from `emgroup simulate --volumes` (white noise at ``snr``), scaled
     to max 1, and states."""
     subprocess.run([sys.executable, "-m", "emgroup", "simulate", "-o", str(folder), "--volumes", "-n", str(n),
-                    "--box", "32", "--apix", "3.5", "--pdb", str(SHARED / "adk_closed.pdb"), "--pdb2",
-                    str(SHARED / "adk_open.pdb"), "--conformations", "2", "--snr", str(snr), "--seed", str(seed),
+                    "--box", "32", "--apix", "3.5", "--pdb", str(SHARED_DATA / "adk_closed.pdb"), "--pdb2",
+                    str(SHARED_DATA / "adk_open.pdb"), "--conformations", "2", "--snr", str(snr), "--seed", str(seed),
                     "--no-progress"],
                    check=True, cwd=folder.parent, capture_output=True)
     stack = Stack.open(folder / "volumes.star", ndim=3, root=folder.parent)
@@ -192,7 +190,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(1)
     quick = args.quick
-    output = args.output or ROOT / "benchmarks" / "results" / ("masked_quick.json" if quick else "masked.json")
+    output = args.output or RESULTS / ("masked_quick.json" if quick else "masked.json")
     settings = {"mnist_train": 2000 if quick else 8000, "mnist_test": 500 if quick else 2000,
                 "mnist_steps": 300 if quick else 3000, "mnist_batch": 64, "adk_volumes": 160 if quick else 600,
                 "adk_steps": 150 if quick else 1500, "adk_batch": 16 if quick else 32}
