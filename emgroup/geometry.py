@@ -81,17 +81,20 @@ def rotation_angle(m: torch.Tensor) -> torch.Tensor:
 
 
 def random_rotations(n: int, max_angle: float = math.pi, generator=None, device=None,
-                     dtype=torch.float32) -> torch.Tensor:
-    """(n, 3, 3) rotations drawn uniformly (Haar measure) from SO(3), restricted to angles <= ``max_angle`` (rad).
+                     dtype=torch.float32, min_angle: float = 0.0) -> torch.Tensor:
+    """(n, 3, 3) rotations drawn uniformly (Haar measure) from SO(3), restricted to angles in [``min_angle``,
+    ``max_angle``] (rad).
 
     A uniform axis and an angle from the Haar marginal ``p(w) = (1 - cos w) / pi``, whose CDF
-    ``(w - sin w) / pi`` is inverted by bisection, truncated at ``max_angle``.
+    ``(w - sin w) / pi`` is inverted by bisection, truncated to the range.
     """
     kw = dict(generator=generator, device=device, dtype=dtype)
     axis = torch.nn.functional.normalize(torch.randn(n, 3, **kw), dim=-1)
     limit = min(max_angle, math.pi)
-    target = torch.rand(n, **kw) * (limit - math.sin(limit))
-    low, high = torch.zeros_like(target), torch.full_like(target, limit)
+    start = min(min_angle, limit)
+    floor = start - math.sin(start)
+    target = floor + torch.rand(n, **kw) * (limit - math.sin(limit) - floor)
+    low, high = torch.full_like(target, start), torch.full_like(target, limit)
     for _ in range(40):  # w - sin w increases on [0, pi]; 40 halvings reach float precision
         mid = (low + high) / 2
         above = mid - torch.sin(mid) > target

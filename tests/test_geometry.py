@@ -59,6 +59,12 @@ def test_random_rotations_are_haar_uniform_and_respect_the_angle_limit():
     angle = geometry.rotation_angle(geometry.random_rotations(4000, limit, generator, dtype=torch.float64)).numpy()
     assert angle.max() <= limit + 1e-9
     assert stats.kstest(angle, lambda w: (w - np.sin(w)) / (limit - np.sin(limit))).pvalue > 1e-3
+    low = math.radians(90)  # the Haar marginal truncated to [90, 180] degrees
+    angle = geometry.rotation_angle(geometry.random_rotations(4000, math.pi, generator, dtype=torch.float64,
+                                                              min_angle=low)).numpy()
+    assert angle.min() >= low - 1e-9
+    floor = low - np.sin(low)
+    assert stats.kstest(angle, lambda w: (w - np.sin(w) - floor) / (np.pi - floor)).pvalue > 1e-3
 
 
 def test_wrap_angle_is_the_same_for_numpy_and_torch():
