@@ -8,11 +8,9 @@ import mrcfile
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from emgroup.data.stack import Stack
 from emgroup.errors import InputError
-from emgroup.geometry import quaternion_to_matrix
 from emgroup.io.mrc import write_volume
 from emgroup.io.star import optics_table, write_star
 
@@ -48,8 +46,7 @@ def test_reads_what_simulate_writes(simulated, monkeypatch):
     assert volumes.shape == (2, 16, 16, 16) and volumes.dtype == np.float32
     for k, row in zip([2, 0], volumes):
         assert np.array_equal(row, mrcfile.read(simulated / "volumes" / f"{k + 1:06d}.mrc"))
-    rotation = quaternion_to_matrix(torch.tensor(stack.meta[[f"rlnEmgroupQuat{a}" for a in "WXYZ"]].to_numpy()))
-    assert rotation.shape == (4, 3, 3)
+    assert {"rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"} <= set(stack.meta)
     assert set(stack.meta["rlnEmgroupTrueConformation"]) <= {0.0, 1.0}
     part = stack.subset([3, 1])
     assert np.array_equal(part.images(), stack.images([3, 1]))
