@@ -101,23 +101,53 @@ def analyze(model, stack, outdir, rundir=None, options: Options | None = None) -
     metrics = truth_metrics(stack.meta, encoding, clusters.labels, stack.apix) | outputs.metrics()
     _write_metrics(outdir, metrics)
     examples.clean = outputs.clean(examples.indices)
-    figures = make_figures(model, outdir / "figures", stack, encoding, clusters, averages, decoded_centres, swap,
+    figures = make_figures(model, outdir / "figures", outputs, encoding, clusters, averages, decoded_centres, swap,
                            rundir, options.device, metrics, examples if options.denoise else None)
     summary = {"particles": n, "clusters": clusters.n_clusters, "counts": clusters.counts.tolist(), "metrics": metrics}
     if options.report:
-        _write_report(outdir, model, stack, rundir, options, summary, figures)
+        _write_report(outputs, model, rundir, summary, figures)
     return summary
 
 
-class _ImageOutputs:
+class _Outputs:
+    """What differs between an analysis of images and one of volumes, gathered in the two subclasses
+    :class:`_ImageOutputs` and :class:`_VolumeOutputs`: how reconstructions (:meth:`add`) and tables are written, the
+    class step, and how figures and the report name and draw the data (``noun``: what the rows are, ``turns``: how
+    the group-action figure turns them, ``volumes``, ``pictures``). The defaults here: no class step, no clean data."""
+
+    def __init__(self, stack, outdir: Path, options: Options):
+        self.stack, self.outdir, self.options = stack, outdir, options
+
+    def classes(self, model, encoding: dict, clusters: Clusters, decoded_centres, h5) -> tuple:
+        """(``encoding``, ``decoded_centres``, the class averages): nothing aligned or averaged."""
+        return encoding, decoded_centres, None
+
+    def metrics(self) -> dict:
+        """Metrics of the reconstructions against clean data: none."""
+        return {}
+
+    def clean(self, indices) -> np.ndarray | None:
+        """Clean data of the rows at ``indices``: none."""
+        return None
+
+    def next_steps(self, model, counts) -> list:
+        """The report's RELION/cryoSPARC commands (:func:`emgroup.analysis.report.next_steps`)."""
+        return report.next_steps(Path.cwd(), relative_to_cwd(self.outdir), counts, self.stack.box, self.stack.apix,
+                                 model.uses_ctf, model.pose is Pose.SO3, self.volumes,
+                                 () if self.volumes else self.stack.sources)
+
+
+class _ImageOutputs(_Outputs):
     """What `emgroup analyze` writes for particle images: reconstructions streamed into ``denoised.mrcs`` (compared
     with ``clean.mrcs`` when `emgroup simulate` left one beside the input) + ``denoised.star``, ``particles.star``
     and ``.cs`` with the inferred RELION pose, and the class step: classes brought into one frame on request
     (:mod:`emgroup.analysis.frames`), class averages of the particles aligned by their pose
     (``class_averages.mrcs`` + ``classes.star``), the decoded centres (``class_decoded.mrcs``)."""
 
+    noun, turns, volumes = "particles", "in-plane", False
+
     def __init__(self, stack, outdir: Path, options: Options, files: contextlib.ExitStack):
-        self.stack, self.outdir, self.options = stack, outdir, options
+        super().__init__(stack, outdir, options)
         self.denoised = (files.enter_context(StackWriter(outdir / "denoised.mrcs", len(stack), stack.box, stack.apix))
                          if options.denoise else None)
         clean = _clean_stack(stack)
@@ -172,14 +202,21 @@ class _ImageOutputs:
         """The clean images of the particles at ``indices``, when known."""
         return self.comparison.clean[self.comparison.rows[indices]] if self.comparison is not None else None
 
+    @staticmethod
+    def pictures(data: np.ndarray) -> np.ndarray:
+        """Images as they are."""
+        return data
 
-class _VolumeOutputs:
+
+class _VolumeOutputs(_Outputs):
     """What `emgroup analyze` writes for volumes: each reconstruction as ``denoised/NNNNNN.mrc`` + ``denoised.star``,
     ``volumes.star`` (the input rows with ``rlnClassNumber`` and the latents), the decoded centres as
     ``class_decoded/classNNN.mrc``. A volume model infers no pose: no class step (nothing is aligned or averaged)."""
 
+    noun, turns, volumes = "volumes", "about y", True
+
     def __init__(self, stack, outdir: Path, options: Options, files: contextlib.ExitStack):
-        self.stack, self.outdir, self.options = stack, outdir, options
+        super().__init__(stack, outdir, options)
         for folder in ("class_decoded", *(["denoised"] if options.denoise else [])):
             (outdir / folder).mkdir(parents=True, exist_ok=True)
         self.denoised = [outdir / "denoised" / f"{i + 1:06d}.mrc" for i in range(len(stack))]
@@ -188,10 +225,6 @@ class _VolumeOutputs:
         """Write a batch's reconstructions (m, D, D, D) of the volumes at ``indices``."""
         for i, volume in zip(indices, reconstructions):
             write_volume(self.denoised[i], volume, self.stack.apix)
-
-    def classes(self, model, encoding: dict, clusters: Clusters, decoded_centres, h5) -> tuple:
-        """(``encoding``, ``decoded_centres``, no class averages)."""
-        return encoding, decoded_centres, None
 
     def table(self, encoding: dict, labels) -> pd.DataFrame:
         """The input rows (their class moved to ``rlnEmgroupInputClassNumber``) with class and latents."""
@@ -207,13 +240,10 @@ class _VolumeOutputs:
             write_star(self.outdir / "denoised.star",
                        table.assign(rlnImageName=[relative_to_cwd(path) for path in self.denoised]), self.stack.optics)
 
-    def metrics(self) -> dict:
-        """No clean volumes to compare with."""
-        return {}
-
-    def clean(self, indices) -> None:
-        """No clean volumes."""
-        return None
+    @staticmethod
+    def pictures(data: np.ndarray) -> np.ndarray:
+        """What a figure draws of volumes (n, D, D, D): their projections along z, (n, D, D)."""
+        return data.sum(axis=-3)
 
 
 def _encode_and_cluster(model, stack, h5, options: Options, decoded) -> tuple[dict, Clusters, np.ndarray | None]:
@@ -374,20 +404,18 @@ def _store_analysis(h5, table: pd.DataFrame, clusters: Clusters, stack, options:
         h5["cluster_scores"] = np.array(list(clusters.scores.items()), dtype=float)
 
 
-def make_figures(model, folder: Path, stack, encoding, clusters: Clusters, averages, decoded, swap, rundir, device,
-                 metrics: dict, examples: "_Examples | None") -> dict:
-    """All PNGs of `emgroup analyze` into ``folder``; volumes (``stack.ndim == 3``) are drawn as their projections
-    along z. ``averages``: the class averages or None (volumes); ``swap``: latents from :func:`_latent_swap` or
+def make_figures(model, folder: Path, outputs: _Outputs, encoding, clusters: Clusters, averages, decoded, swap, rundir,
+                 device, metrics: dict, examples: "_Examples | None") -> dict:
+    """All PNGs of `emgroup analyze` of ``outputs.stack`` into ``folder``, its data drawn as ``outputs.pictures``
+    draws them (volumes as their projections along z). ``averages``: the class averages or None (volumes); ``swap``: latents from :func:`_latent_swap` or
     None; ``metrics``: :func:`truth_metrics` (scores on the pose figure); ``examples``: particles and their
     reconstructions, or None (no denoising). Each figure is headed by what was run on what. Returns ``{file name:
     PNG bytes}``."""
+    stack, pictures = outputs.stack, outputs.pictures
     meta, n = stack.meta, len(stack)
     z = np.asarray(encoding["z"]).reshape(n, -1)
-    context = run_description(model, stack, rundir)
+    context = run_description(model, outputs, rundir)
     figures = {}
-
-    def pictures(data):  # images as they are, volumes projected along z
-        return data if stack.ndim == 2 else data.sum(axis=-3)
 
     def save(name, draw, *args, title, **kwargs):
         figures[name] = draw(*args, path=folder / name, title=f"{title}\n{context}", **kwargs)
@@ -433,36 +461,34 @@ def make_figures(model, folder: Path, stack, encoding, clusters: Clusters, avera
         rows = np.stack([truth, predicted], 1).reshape(-1, *truth.shape[1:])  # truth, prediction, truth, ...
         save("group_action.png", plots.image_grid, pictures(rows), row_labels=["T_g x", "predicted"] * len(inputs),
              col_labels=[f"{a:g}°" for a in ACTION_ANGLES],
-             title="each particle turned by g (" + ("in-plane" if stack.ndim == 2 else "about y") +
+             title="each particle turned by g (" + outputs.turns +
                    ") and the model's prediction D(Φ_g(E x))")
     return figures
 
 
-def run_description(model, stack, rundir) -> str:
+def run_description(model, outputs: _Outputs, rundir) -> str:
     """What was run on what, for figure titles: model, run folder, particles file, particle count."""
+    stack = outputs.stack
     run = f" from {relative_to_cwd(rundir)}/" if rundir is not None else ""
     source = f" on {relative_to_cwd(stack.path)}" if stack.path is not None else ""
-    noun = "particles" if stack.ndim == 2 else "volumes"
-    return f"{model.name} model{run}{source}, {len(stack)} {noun}"
+    return f"{model.name} model{run}{source}, {len(stack)} {outputs.noun}"
 
 
-def _write_report(outdir: Path, model, stack, rundir, options: Options, summary: dict, figures: dict) -> None:
-    """``report.html`` (:mod:`emgroup.analysis.report`): what was run, metrics, ``figures`` ``{name: PNG bytes}``,
-    the RELION/cryoSPARC commands that continue from the outputs, settings."""
-    volumes, counts = stack.ndim == 3, summary["counts"]
+def _write_report(outputs: _Outputs, model, rundir, summary: dict, figures: dict) -> None:
+    """``report.html`` (:mod:`emgroup.analysis.report`) in ``outputs.outdir``: what was run, metrics, ``figures``
+    ``{name: PNG bytes}``, the RELION/cryoSPARC commands that continue from the outputs, settings."""
+    stack, outdir, counts = outputs.stack, outputs.outdir, summary["counts"]
     overview = {"model": model.name, "run": relative_to_cwd(rundir) if rundir is not None else "",
                 "input": relative_to_cwd(stack.path) if stack.path is not None else "",
-                "volumes" if volumes else "particles": summary["particles"], "box (px)": stack.box,
+                outputs.noun: summary["particles"], "box (px)": stack.box,
                 "pixel size (Å)": f"{stack.apix:g}", "clusters": summary["clusters"],
                 "per class": ", ".join(f"{k + 1}: {c}" for k, c in enumerate(counts)), "output folder": outdir}
-    settings = {"emgroup analyze": {key: str(value) for key, value in asdict(options).items()}}
+    settings = {"emgroup analyze": {key: str(value) for key, value in asdict(outputs.options).items()}}
     config_path = Path(rundir) / "config.json" if rundir is not None else None
     if config_path is not None and config_path.is_file():
         settings["emgroup train (the run's config.json)"] = report.run_settings(json.loads(config_path.read_text()))
-    steps = report.next_steps(Path.cwd(), relative_to_cwd(outdir), counts, stack.box, stack.apix, model.uses_ctf,
-                              model.pose is Pose.SO3, volumes, () if volumes else stack.sources)
-    report.write_report(outdir / "report.html", f"emgroup analyze: {run_description(model, stack, rundir)}",
-                        overview, settings, summary["metrics"], figures, steps)
+    report.write_report(outdir / "report.html", f"emgroup analyze: {run_description(model, outputs, rundir)}",
+                        overview, settings, summary["metrics"], figures, outputs.next_steps(model, counts))
 
 
 def _nearest_particles(z, clusters: Clusters, count: int) -> np.ndarray:
