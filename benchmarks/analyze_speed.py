@@ -16,9 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import write_results
+from common import RESULTS, write_results
 
-RESULTS = Path(__file__).resolve().parent / "results" / "analyze_speed.json"
+OUTPUT = RESULTS / "analyze_speed.json"
 
 
 def emgroup(*args, env) -> tuple[float, float]:
@@ -45,7 +45,7 @@ def main():
                         help="hidden widths also timed with --denoise (the generator on every pixel of every "
                              "particle: about N * D^2 * hidden^2 multiply-adds)")
     parser.add_argument("--device", default="cpu", help="torch device for training and analysis")
-    parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
+    parser.add_argument("--output", type=Path, default=OUTPUT, help="JSON results file")
     args = parser.parse_args()
     env = {**os.environ, **{v: str(args.threads) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
                                                           "OPENBLAS_NUM_THREADS")}}

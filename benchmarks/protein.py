@@ -20,7 +20,7 @@ import numpy as np
 from scipy import stats
 
 from common import SHARED_DATA, choose, emgroup, report, run_settings, shared_options, train_and_analyze
-from emgroup.data.stack import ParticleStack
+from emgroup.data.stack import Stack
 
 BOX, APIX, CONFORMATIONS = 40, 2.5, 49
 #: benchmark model -> (registered model, options); Gaussian likelihood on normalized images
@@ -47,7 +47,7 @@ def simulate(folder: Path, snr: str, n: int, seed: int, trajectory, threads) -> 
 def evaluate(result: dict, particles) -> dict:
     metrics, z = result["all"]["metrics"], result["all"]["encoding"]["z"]
     row = {"conformation_abs_pearson": metrics["latent_conformation_abs_pearson"]}
-    truth = ParticleStack.open(particles).meta["rlnEmgroupTrueConformation"].to_numpy()
+    truth = Stack.open(particles).meta["rlnEmgroupTrueConformation"].to_numpy()
     dim = metrics["latent_conformation_dim"] - 1
     row["conformation_abs_spearman"] = abs(float(stats.spearmanr(z.reshape(len(truth), -1)[:, dim], truth)[0]))
     for key in ("rotation_circular_correlation", "rotation_circular_correlation_uniform"):  # uniform angles

@@ -91,7 +91,7 @@ from emgroup.analysis.metrics import clustering_accuracy
 from emgroup.cli.main import MALLOC_ENV
 from emgroup.data.ctf import has_ctf, stack_ctf_parameters
 from emgroup.data.poses import relion_from_model, rotate_2d
-from emgroup.data.stack import ParticleStack
+from emgroup.data.stack import Stack
 from emgroup.models.grids import coordinate_grid, pixel_size
 from emgroup.models.registry import model_class
 from emgroup.models.target_vae import KERNEL_FRACTION, PADDING_FRACTION
@@ -161,7 +161,7 @@ def public_command(row: str, data: str, config, train: dict, box: int, run: Path
 
 # ---- inputs in their formats --------------------------------------------------------------------------------------
 
-def write_inputs(folder: Path, stack: ParticleStack, seed: int, mnist_scale: bool) -> tuple[np.ndarray, bool]:
+def write_inputs(folder: Path, stack: Stack, seed: int, mnist_scale: bool) -> tuple[np.ndarray, bool]:
     """The train/val split of ``stack`` (as `emgroup train` makes it) as ``folder/{train,val}.npy`` float32
     (N, D, D), with ``{train,val}.ctf`` tables when the particles carry a CTF, and for MNIST also as TARGET-VAE's
     ``data/mnist_U/images_{train,test}.npy`` (pixels x 255: its script divides by 255). Returns (the training
@@ -288,10 +288,10 @@ def mnist_rows(rows: list[str], repos: dict, ours: bool, workdir: Path, n_train:
     """Public (and our) rows on the quick MNIST(U) protocol of mnist.py."""
     dataset = mnist.make_datasets(workdir, SHARED_DATA / "mnist10k.npz", n_train, n_test, seed)["U"]
     folder, (theta_true, origin_true), labels = dataset["folder"], dataset["truth"], dataset["labels"]
-    stack = ParticleStack.open(folder / "train.star")
+    stack = Stack.open(folder / "train.star")
     inputs = workdir / "public" / "mnist-U"
     train_rows, _ = write_inputs(inputs, stack, seed, mnist_scale=True)
-    tests = {name: ParticleStack.open(folder / f"{split}.star").images()
+    tests = {name: Stack.open(folder / f"{split}.star").images()
              for name, split in (("test", "test"), ("centred", "test_centred"))}
     out = []
     for row in rows:
@@ -320,7 +320,7 @@ def cryoem_rows(rows: list[str], repos: dict, ours: bool, workdir: Path, n_parti
     kind, snr = cryoem.SETS["mix-snr0.3"]
     folder = workdir / "mix-snr0.3"
     particles = cryoem.simulate(folder, kind, snr, n_particles, seed, threads)
-    stack = ParticleStack.open(particles)
+    stack = Stack.open(particles)
     inputs = workdir / "public" / "mix-snr0.3"
     train_rows, ctf = write_inputs(inputs, stack, seed, mnist_scale=False)
     out = []

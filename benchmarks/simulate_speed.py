@@ -16,10 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import write_results
+from common import RESULTS, SHARED_DATA, write_results
 
-RESULTS = Path(__file__).resolve().parent / "results" / "simulate_speed.json"
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+OUTPUT = RESULTS / "simulate_speed.json"
 
 
 def configurations(open_pdb: Path) -> dict[str, list[str]]:
@@ -63,11 +62,11 @@ def main():
     result = {"benchmark": "emgroup simulate wall time (whole command, files written)", "threads": args.threads,
               "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),  # largest run
               "target": f"{args.n} particles of {args.box}x{args.box} px in under 60 s on 2 cores", "runs": rows}
-    write_results(RESULTS, result)
+    write_results(OUTPUT, result)
     print(f"\n{'configuration':<66} {'seconds':>9} {'particles/s':>13}")
     for row in rows:
         print(f"{row['configuration']:<66} {row['seconds']:9.1f} {row['particles_per_second']:13d}")
-    print(f"wrote {RESULTS}")
+    print(f"wrote {OUTPUT}")
 
 
 if __name__ == "__main__":

@@ -46,34 +46,6 @@ def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
     ], -1).reshape(*q.shape[:-1], 3, 3)
 
 
-def matrix_to_quaternion(m: torch.Tensor) -> torch.Tensor:
-    """(N, 4) unit quaternions (w, x, y, z), w >= 0, of (N, 3, 3) rotation matrices.
-
-    Each row is read off the matrix divided by its largest component (4 q_k^2 = 1 +/- the diagonal terms), the
-    numerically stable choice also at 180 degrees.
-    """
-    d = torch.diagonal(m, dim1=-2, dim2=-1)
-    signs = torch.tensor([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=m.dtype, device=m.device)
-    t = 1 + d @ signs.T  # 4 w^2, 4 x^2, 4 y^2, 4 z^2
-    o = torch.stack([m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1)
-    e = torch.stack([m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1]], -1)
-    candidates = torch.stack([  # row k: 4 q_k * (w, x, y, z)
-        torch.stack([t[..., 0], o[..., 0], o[..., 1], o[..., 2]], -1),
-        torch.stack([o[..., 0], t[..., 1], e[..., 0], e[..., 1]], -1),
-        torch.stack([o[..., 1], e[..., 0], t[..., 2], e[..., 2]], -1),
-        torch.stack([o[..., 2], e[..., 1], e[..., 2], t[..., 3]], -1)], -2)
-    best = t.argmax(-1)[..., None, None].expand(*t.shape[:-1], 1, 4)
-    q = torch.nn.functional.normalize(torch.gather(candidates, -2, best)[..., 0, :], dim=-1)
-    return torch.where(q[..., :1] < 0, -q, q)
-
-
-def matrix_to_quaternion_numpy(matrices) -> np.ndarray:
-    """float64 (N, 4) unit quaternions (w, x, y, z), w >= 0, of (N, 3, 3) rotation matrices, by scipy: the digits
-    `emgroup simulate --volumes` writes as ``rlnEmgroupQuatW/X/Y/Z``."""
-    q = Rotation.from_matrix(np.asarray(matrices, dtype=float).reshape(-1, 3, 3)).as_quat(scalar_first=True)
-    return q * np.where(q[:, :1] < 0, -1.0, 1.0)
-
-
 def rotation_angle(m: torch.Tensor) -> torch.Tensor:
     """(N,) rotation angles in radians, in [0, pi], of (N, 3, 3) rotation matrices."""
     trace = torch.diagonal(m, dim1=-2, dim2=-1).sum(-1)
@@ -81,17 +53,20 @@ def rotation_angle(m: torch.Tensor) -> torch.Tensor:
 
 
 def random_rotations(n: int, max_angle: float = math.pi, generator=None, device=None,
-                     dtype=torch.float32) -> torch.Tensor:
-    """(n, 3, 3) rotations drawn uniformly (Haar measure) from SO(3), restricted to angles <= ``max_angle`` (rad).
+                     dtype=torch.float32, min_angle: float = 0.0) -> torch.Tensor:
+    """(n, 3, 3) rotations drawn uniformly (Haar measure) from SO(3), restricted to angles in [``min_angle``,
+    ``max_angle``] (rad).
 
     A uniform axis and an angle from the Haar marginal ``p(w) = (1 - cos w) / pi``, whose CDF
-    ``(w - sin w) / pi`` is inverted by bisection, truncated at ``max_angle``.
+    ``(w - sin w) / pi`` is inverted by bisection, truncated to the range.
     """
     kw = dict(generator=generator, device=device, dtype=dtype)
     axis = torch.nn.functional.normalize(torch.randn(n, 3, **kw), dim=-1)
     limit = min(max_angle, math.pi)
-    target = torch.rand(n, **kw) * (limit - math.sin(limit))
-    low, high = torch.zeros_like(target), torch.full_like(target, limit)
+    start = min(min_angle, limit)
+    floor = start - math.sin(start)
+    target = floor + torch.rand(n, **kw) * (limit - math.sin(limit) - floor)
+    low, high = torch.full_like(target, start), torch.full_like(target, limit)
     for _ in range(40):  # w - sin w increases on [0, pi]; 40 halvings reach float precision
         mid = (low + high) / 2
         above = mid - torch.sin(mid) > target

@@ -22,10 +22,9 @@ from emgroup.analysis.metrics import (best_latent_correlation, circular_correlat
 from emgroup.data.ctf import stack_ctf_parameters
 from emgroup.analysis.pipeline import particles_table
 from emgroup.data.poses import model_from_relion, relion_from_model
-from emgroup.data.stack import ParticleStack, write_particles
-from emgroup.data.volumes import VolumeStack
+from emgroup.data.stack import Stack, write_particles
 from emgroup.io.cryosparc import read_cs
-from emgroup.io.star import optics_table, read_star
+from emgroup.io.star import optics_table, read_star, write_star
 from emgroup.models.registry import build_model
 from emgroup.train.checkpoint import load_run
 from figures import assert_not_blank, assert_self_contained, capture_figures, png_pixels
@@ -109,7 +108,7 @@ def small_stack(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     images = np.random.default_rng(2).normal(size=(23, BOX, BOX)).astype(np.float32)
     write_particles("p.star", [images], pd.DataFrame(index=range(23)), optics_table(APIX, BOX), APIX)
-    return ParticleStack.open("p.star")
+    return Stack.open("p.star")
 
 
 def test_encode_stack_streams_like_one_pass_and_decodes_in_own_or_canonical_pose(small_stack):
@@ -220,10 +219,10 @@ def test_outputs_agree_with_each_other_and_read_back(analyzed, monkeypatch):
     assert table["rlnReferenceImage"].tolist() == [f"00000{k}@out/class_averages.mrcs" for k in (1, 2, 3)]
     assert mrcfile.read("out/class_averages.mrcs").shape == mrcfile.read("out/class_decoded.mrcs").shape == (3, BOX,
                                                                                                               BOX)
-    denoised = ParticleStack.open("out/denoised.star")
+    denoised = Stack.open("out/denoised.star")
     assert len(denoised) == 200 and denoised.apix == APIX
     model, _ = load_run("run", "best")
-    stack = ParticleStack.open("sim/particles.star")
+    stack = Stack.open("sim/particles.star")
     assert model.uses_ctf  # the simulated particles carry defocus: the run models the CTF
     with torch.no_grad():
         expected = model.decode(model.encode(torch.from_numpy(stack.images()),
@@ -266,7 +265,7 @@ def test_report_embeds_every_figure_the_metrics_and_settings_and_loads_nothing(a
     for name, value in json.loads((analyzed / "out/metrics.json").read_text()).items():
         assert f"<th>{name}</th><td class=\"number\">{value:.4g}</td>" in text
     config = json.loads((analyzed / "run/config.json").read_text())
-    assert f"<th>hidden</th><td class=\"number\">{config['options']['hidden']}</td>" in text
+    assert f"<th>hidden</th><td class=\"number\">{config['model_options']['hidden']}</td>" in text
     assert any("relion_refine --i out/class001.star" in c and "--ctf" in c for c in page.commands)
     assert "Particle meta path: " + str((analyzed / "out/particles.cs").resolve()) in text
 
@@ -307,7 +306,7 @@ def test_canonical_denoising_and_other_clustering(analyzed, run_emgroup, monkeyp
     result = run_emgroup("analyze", "run", "sim/particles.star", "-o", "canon", "--canonical", "--clusters", 2,
                          "--cluster-method", "agglomerative", "--checkpoint", "last", "--no-progress")
     assert result.exit_code == 0, result.output
-    denoised = ParticleStack.open("canon/denoised.star")
+    denoised = Stack.open("canon/denoised.star")
     assert not denoised.meta[["rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst"]].any().any()
     model, _ = load_run("run", "last")
     with h5py.File("canon/latents.h5") as h5:
@@ -321,14 +320,16 @@ def test_canonical_denoising_and_other_clustering(analyzed, run_emgroup, monkeyp
 @pytest.mark.slow
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(analyzed, run_emgroup, monkeypatch):
     monkeypatch.chdir(analyzed)
-    images = ParticleStack.open("sim/particles.star").images(np.arange(4))
+    images = Stack.open("sim/particles.star").images(np.arange(4))
     write_particles("wrong_apix.star", [images], pd.DataFrame(index=range(4)), optics_table(2.0, BOX), 2.0)
     write_particles("wrong_box.star", [images[:, :16, :16]], pd.DataFrame(index=range(4)), optics_table(APIX, 16), APIX)
     (analyzed / "empty_run").mkdir()
     (analyzed / "empty_run" / "config.json").write_text((analyzed / "run" / "config.json").read_text())
     images[2, 5, 5] = np.inf
     write_particles("inf.star", [images], pd.DataFrame(index=range(4)), optics_table(APIX, BOX), APIX)
-    cases = [(["run", "wrong_apix.star"], "pixel size"), (["run", "wrong_box.star"], "box 16 px"),
+    meta, optics = read_star("sim/particles.star")
+    write_star("volumes.star", meta, optics.assign(rlnImageDimensionality=3))
+    cases = [(["run", "volumes.star"], "volumes.star: holds 3-D volumes"), (["run", "wrong_apix.star"], "pixel size"), (["run", "wrong_box.star"], "box 16 px"),
              (["empty_run"], "checkpoint"), (["run", "--checkpoint", "newest"], "checkpoint"),
              (["run", "inf.star"], "inf.star: particle 3 (000003@inf.mrcs) has NaN or Inf pixels")]
     for args, words in cases:
@@ -421,11 +422,11 @@ def test_volume_outputs_agree_with_the_model_and_the_input(analyzed_volumes, mon
     np.testing.assert_allclose(z_v + z_i, z, atol=1e-6)
     assert np.array_equal(table["rlnClassNumber"], classes) and set(classes) == {1, 2}
     model, _ = load_run("run", "best")
-    volumes = torch.from_numpy(VolumeStack.open("sim/volumes.star").images())
+    volumes = torch.from_numpy(Stack.open("sim/volumes.star", ndim=3).images())
     with torch.no_grad():
         expected = model.decode(model.encode(volumes))
         centres = model.decode({"z": torch.from_numpy(np.stack([z[classes == k].mean(0) for k in (1, 2)]))})
-    denoised = VolumeStack.open("out/denoised.star")
+    denoised = Stack.open("out/denoised.star", ndim=3)
     assert len(denoised) == 24 and denoised.apix == 7
     np.testing.assert_allclose(denoised.images(), expected.numpy(), atol=1e-4)
     for k in (1, 2):

@@ -14,7 +14,7 @@ from emgroup.analysis.metrics import image_correlation
 from emgroup.analysis.pipeline import particles_table
 from emgroup.ctf import ctf_parameters, ctf_rfft
 from emgroup.data.poses import model_from_relion
-from emgroup.data.stack import ParticleStack, write_particles
+from emgroup.data.stack import Stack, write_particles
 from emgroup.data.transforms import transform_images
 from emgroup.io.star import optics_table
 
@@ -43,7 +43,7 @@ def posed_particles(tmp_path, monkeypatch):
     encoding = {"z": rng.normal(size=(labels.size, 2)), "theta": theta, "shift": shift}
     meta = particles_table(pd.DataFrame(index=range(labels.size)), encoding, labels, APIX)
     write_particles("particles.star", [images], meta, optics_table(APIX, BOX), APIX)
-    return ParticleStack.open("particles.star"), canonical, labels
+    return Stack.open("particles.star"), canonical, labels
 
 
 def star_pose(stack):
@@ -101,7 +101,7 @@ def test_with_their_ctfs_the_averages_are_the_particles_before_the_microscope(tm
     meta = particles_table(pd.DataFrame({"rlnDefocusU": parameters[:, 0], "rlnDefocusV": parameters[:, 1],
                                          "rlnDefocusAngle": parameters[:, 2]}), encoding, labels, APIX)
     write_particles("particles.star", [images.astype(np.float32)], meta, optics_table(APIX, BOX), APIX)
-    stack = ParticleStack.open("particles.star")
+    stack = Stack.open("particles.star")
     inside = np.hypot(*(np.mgrid[:BOX, :BOX] - BOX // 2)) < BOX // 2 - 4
     corrected, _ = class_averages(stack, labels, *star_pose(stack), 3, progress=False, ctf=True)
     plain, _ = class_averages(stack, labels, *star_pose(stack), 3, progress=False)

@@ -1,5 +1,4 @@
-"""Shared geometry: quaternions (torch and the numpy twin that simulate writes with agree), random rotations are
-Haar-uniform (and the numpy draws are seeded), volume rotation has the grid convention out(x) = vol(R x) that
+"""Shared geometry: quaternions give scipy's rotation matrices, random rotations are Haar-uniform (and the numpy draws are seeded), volume rotation has the grid convention out(x) = vol(R x) that
 `emgroup simulate --volumes` data follow, masks and angle wrapping."""
 
 import math
@@ -8,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
+from scipy.spatial.transform import Rotation
 
 from emgroup import geometry
 from emgroup.data.poses import matrix_to_euler
@@ -15,26 +15,16 @@ from emgroup.data.poses import matrix_to_euler
 
 def test_quaternions_rotate_like_the_matrices():
     matrices = geometry.random_rotations_numpy(50, np.random.default_rng(1))
-    q = geometry.matrix_to_quaternion_numpy(matrices)
-    np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-12)
-    assert (q[:, 0] >= 0).all()
+    q = Rotation.from_matrix(matrices).as_quat(scalar_first=True)  # (w, x, y, z)
     np.testing.assert_allclose(geometry.quaternion_to_matrix(torch.from_numpy(q)).numpy(), matrices, atol=1e-12)
     # v' = q v q* computed with the Hamilton product, independently of scipy
     v = np.random.default_rng(2).normal(size=(50, 3))
     w, u = q[:, :1], q[:, 1:]
     rotated = v + 2 * w * np.cross(u, v) + 2 * np.cross(u, np.cross(u, v))
     np.testing.assert_allclose(rotated, np.einsum("nij,nj->ni", matrices, v), atol=1e-12)
-
-
-def test_torch_quaternions_match_the_numpy_twin_and_round_trip():
-    rotations = geometry.random_rotations_numpy(200, np.random.default_rng(0))
-    # 180-degree turns, where the naive trace formula loses the signs
-    half_turns = geometry.quaternion_to_matrix(torch.tensor([[0, 1, -1, 0], [0, 0, 0, 1], [0, 1, 2, 3]],
-                                                            dtype=torch.float64))
-    matrices = torch.cat([torch.from_numpy(rotations), half_turns])
-    q = geometry.matrix_to_quaternion(matrices)
-    assert np.allclose(q.numpy(), geometry.matrix_to_quaternion_numpy(matrices.numpy()), atol=1e-12)
-    assert torch.allclose(geometry.quaternion_to_matrix(q), matrices, atol=1e-12)
+    # 180-degree turns, and quaternions of any norm (normalised first)
+    half_turns = geometry.quaternion_to_matrix(torch.tensor([[0, 1, 0, 0], [0, 0, 0, 2.0]], dtype=torch.float64))
+    np.testing.assert_allclose(half_turns.numpy(), [np.diag([1.0, -1, -1]), np.diag([-1.0, -1, 1])], atol=1e-12)
 
 
 def test_numpy_random_rotations_are_seeded_and_uniform():
@@ -59,6 +49,12 @@ def test_random_rotations_are_haar_uniform_and_respect_the_angle_limit():
     angle = geometry.rotation_angle(geometry.random_rotations(4000, limit, generator, dtype=torch.float64)).numpy()
     assert angle.max() <= limit + 1e-9
     assert stats.kstest(angle, lambda w: (w - np.sin(w)) / (limit - np.sin(limit))).pvalue > 1e-3
+    low = math.radians(90)  # the Haar marginal truncated to [90, 180] degrees
+    angle = geometry.rotation_angle(geometry.random_rotations(4000, math.pi, generator, dtype=torch.float64,
+                                                              min_angle=low)).numpy()
+    assert angle.min() >= low - 1e-9
+    floor = low - np.sin(low)
+    assert stats.kstest(angle, lambda w: (w - np.sin(w) - floor) / (np.pi - floor)).pvalue > 1e-3
 
 
 def test_wrap_angle_is_the_same_for_numpy_and_torch():

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import corpus
-from emgroup.data.stack import ParticleStack, write_particles
+from emgroup.data.stack import Stack, write_particles
 from emgroup.io.mrc import write_stack
 from emgroup.models.spatial_vae import SpatialVAE
 from emgroup.train import checkpoint
@@ -242,7 +242,7 @@ def test_sigterm_stops_preprocess_and_leaves_nothing(tmp_path):
 @pytest.fixture
 def nan_star(tmp_path, tiny_particles):
     """A copy of the tiny particles whose particle 8 has a NaN pixel."""
-    stack = ParticleStack.open(tiny_particles)
+    stack = Stack.open(tiny_particles)
     images = stack.images()
     images[7, 3, 4] = np.nan
     return write_particles(tmp_path / "nan" / "particles.star", [images], stack.meta, stack.optics, stack.apix)
@@ -291,7 +291,8 @@ def test_resume_with_a_broken_config(tmp_path, run_emgroup):
     run = tmp_path / "run"
     run.mkdir()
     for text, problem in [("{not json", r"not a readable run config \(not JSON"),
-                          ('{"model": "spatial"}', r"not a run config \(no options, box, apix, particles entry\)")]:
+                          ('{"model": "spatial"}', r"not a run config \(no model_options, training, box, apix, "
+                                                 r"particles entry\)")]:
         (run / "config.json").write_text(text)
         assert_one_line(run_emgroup("train", "-o", run, "--resume"), 2, rf"{run}/config.json: {problem}")
 

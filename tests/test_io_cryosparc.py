@@ -8,7 +8,7 @@ from scipy.spatial.transform import Rotation
 
 import corpus
 from emgroup.data.poses import euler_to_matrix
-from emgroup.data.stack import ParticleStack
+from emgroup.data.stack import Stack
 from emgroup.errors import InputError
 from emgroup.io.cryosparc import read_cs, write_cs
 from emgroup.io.mrc import write_stack
@@ -100,7 +100,7 @@ def test_preprocess_reads_a_cs_file_with_project_relative_paths(tmp_path, monkey
     records["blob/idx"] = np.arange(6)[::-1]
     with open("project/J2_particles.cs", "wb") as file:
         np.save(file, records)
-    stack = ParticleStack.open("project/J2_particles.cs")  # resolved from the .cs file's folder
+    stack = Stack.open("project/J2_particles.cs")  # resolved from the .cs file's folder
     np.testing.assert_array_equal(stack.images(), images[::-1])
     np.testing.assert_array_equal(stack.subset([4, 1]).records, records[[4, 1]])
     result = run_emgroup("preprocess", "project/J2_particles.cs", "-o", "out", "--no-progress")

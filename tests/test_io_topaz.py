@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emgroup.data.stack import ParticleStack
+from emgroup.data.stack import Stack
 from emgroup.errors import InputError
 from emgroup.io.star import read_star
 from emgroup.io.topaz import read_topaz
@@ -32,7 +32,7 @@ def topaz(tmp_path, monkeypatch):
 
 def test_boxes_are_cut_around_the_coordinates(topaz):
     micrographs, table = topaz
-    stack = ParticleStack.from_topaz("particles.txt", "mics", BOX)
+    stack = Stack.from_topaz("particles.txt", "mics", BOX)
     kept = [0, 2, 3, 4]  # (93, 40) in m1 crosses the right edge (columns 85..100); the others touch edges
     cases = [("m1", 20, 30), ("m2", 50, 72), ("m2", 8, 50), ("m1", 60, 8)]  # 8.4 -> 8, 71.6 -> 72
     expected = np.stack([micrographs[m][y - BOX // 2:y + BOX // 2, x - BOX // 2:x + BOX // 2] for m, x, y in cases])
@@ -64,10 +64,10 @@ def test_bad_topaz_input(topaz, tmp_path):
         read_topaz(tmp_path / "nan.txt")
     assert read_topaz(tmp_path / "particles.txt")["score"].tolist() == [1.5, 0.2, -0.3, 2.0, 0.7]
     (tmp_path / "unscored.txt").write_text("image_name\tx_coord\ty_coord\nm1\t40\t40\n")  # no score: no column
-    assert "rlnAutopickFigureOfMerit" not in ParticleStack.from_topaz(tmp_path / "unscored.txt", "mics", BOX).meta
+    assert "rlnAutopickFigureOfMerit" not in Stack.from_topaz(tmp_path / "unscored.txt", "mics", BOX).meta
     (tmp_path / "far.txt").write_text("image_name\tx_coord\ty_coord\nm1\t0\t0\n")
     with pytest.raises(InputError, match="every box of 16 px crosses a micrograph edge"):
-        ParticleStack.from_topaz(tmp_path / "far.txt", "mics", BOX)
+        Stack.from_topaz(tmp_path / "far.txt", "mics", BOX)
     (tmp_path / "gone.txt").write_text("image_name\tx_coord\ty_coord\nm9\t40\t40\n")
     with pytest.raises(InputError, match="m9.mrc: no such file"):
-        ParticleStack.from_topaz(tmp_path / "gone.txt", "mics", BOX)
+        Stack.from_topaz(tmp_path / "gone.txt", "mics", BOX)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from emgroup.analysis.inference import group_action_examples
-from emgroup.geometry import ball_mask, random_rotations, random_rotations_numpy, rotate_volume_numpy
+from emgroup.geometry import (ball_mask, random_rotations, random_rotations_numpy, rotate_volume_numpy,
+                              rotation_angle)
 from emgroup.models.grids import resample_images
 from emgroup.models.masked import MaskedGroupAction
 from emgroup.models.registry import model_class
@@ -164,3 +165,21 @@ def test_tiny_training_learns_a_mixed_mask(shared_data, start):
         target = model.transform(x, g)
         predicted = model.predict(x, g)
     assert ((predicted - target) ** 2).mean() < 0.6 * ((x - target) ** 2).mean()
+
+
+@pytest.mark.parametrize("group", ["SO2", "SO3"])
+def test_sample_group_draws_in_the_range_asked_and_by_default_the_training_range(group):
+    model = model_class("masked").from_config({"group": group, "width": 4, "latent_channels": 4,
+                                               "max_angle": 60.0}, 16)
+    generator = torch.Generator().manual_seed(0)
+
+    def degrees(g):
+        return torch.rad2deg(g.abs() if group == "SO2" else rotation_angle(g))
+
+    trained = degrees(model.sample_group(2000, generator=generator))
+    unseen = degrees(model.sample_group(2000, between=(90.0, 180.0), generator=generator))
+    assert trained.max() <= 60 + 1e-3 and trained.max() > 58
+    assert unseen.min() >= 90 - 1e-3 and unseen.max() <= 180 + 1e-3 and unseen.min() < 92 and unseen.max() > 170
+    if group == "SO2":  # both signs, uniform in magnitude
+        g = model.sample_group(2000, between=(90.0, 180.0), generator=generator)
+        assert 0.45 < (g > 0).float().mean() < 0.55 and abs(degrees(g).mean() - 135) < 3

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from emgroup.data.preprocess import SPLIT_COLUMN, fourier_crop, normalize, preprocess_stack
-from emgroup.data.stack import ParticleStack
+from emgroup.data.stack import Stack
 from emgroup.io.mrc import write_stack
 from emgroup.io.star import format_image_name, optics_table, read_star, write_star
 
@@ -128,13 +128,13 @@ def test_memory_does_not_grow_with_the_stack(tmp_path):
         for start in range(0, n, 512):
             mrc.data[start:start + 512] = rng.normal(size=(512, box, box))
         mrc.voxel_size = 1.0
-    stack = ParticleStack.open(tmp_path / "big.mrcs")
+    stack = Stack.open(tmp_path / "big.mrcs")
     small = peak_traced_bytes(stack.subset(slice(0, n // 8)), tmp_path / "small" / "p.star", chunk)
     large = peak_traced_bytes(stack, tmp_path / "large" / "p.star", chunk)
     stack_bytes = n * box * box * 4
     assert large < stack_bytes / 4, f"peak {large / 2**20:.1f} MiB for a {stack_bytes / 2**20:.0f} MiB stack"
     assert large < small * 1.25 + 2**20  # 8 x the particles, about the same peak
-    assert len(ParticleStack.open(tmp_path / "large" / "p.star")) == n
+    assert len(Stack.open(tmp_path / "large" / "p.star")) == n
 
 
 def write_bad_input(problem):

@@ -10,7 +10,7 @@ import pytest
 import corpus
 from emgroup.ctf import ctf_parameters, ctf_rfft
 from emgroup.data.ctf import stack_ctf
-from emgroup.data.stack import ParticleStack
+from emgroup.data.stack import Stack
 from emgroup.io.mrc import open_stack
 from emgroup.io.star import read_star
 
@@ -78,7 +78,7 @@ def test_several_optics_groups_at_one_pixel_size_keep_their_optics(tmp_path, mon
     assert meta["rlnOpticsGroup"].tolist() == [1, 2, 1, 2, 2, 1]
     assert written[["rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"]].values.tolist() == [
         [300.0, 2.7, 0.1], [200.0, 0.01, 0.07]]
-    stack = ParticleStack.open("out/particles.star")
+    stack = Stack.open("out/particles.star")
     defocus = meta.loc[1, ["rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle"]]
     expected = ctf_rfft(16, ctf_parameters(1.5, *defocus, 200.0, 0.01, 0.07)).numpy()
     np.testing.assert_allclose(stack_ctf(stack, [1]), expected, atol=1e-6)  # particle 2: group 2's optics
@@ -103,7 +103,7 @@ def test_a_cryosparc_refinement_comes_back_whole_from_analyze(tmp_path, monkeypa
         np.testing.assert_array_equal(out[name], records[name], err_msg=name)
     assert {"alignments2D/pose", "alignments2D/shift", "alignments2D/class"} <= set(out.dtype.names)
     particles, _ = read_star("out/particles.star")
-    source = ParticleStack.open("project/J9_particles.cs").meta
+    source = Stack.open("project/J9_particles.cs").meta
     assert "rlnAngleRot" not in particles and "rlnAngleTilt" not in particles
     for label in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst"):
         np.testing.assert_allclose(particles[f"rlnEmgroupInput{label[3:]}"], source[label], rtol=1e-6, atol=1e-6)

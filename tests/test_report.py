@@ -68,6 +68,10 @@ def test_written_atomically_and_the_commands_can_be_read_back(tmp_path):
     assert parse_page((tmp_path / "report.html").read_text()).commands == [text for _, text, shell in steps if shell]
 
 
-def test_run_settings_flattens_the_options():
-    settings = run_settings({"model": "spatial", "box": 32, "options": {"z_dim": 2, "hidden_sizes": [64, 64]}})
-    assert settings == {"model": "spatial", "box": 32, "z_dim": 2, "hidden_sizes": "[64, 64]"}
+def test_run_settings_flattens_the_options_of_either_layout():
+    expected = {"model": "spatial", "box": 32, "z_dim": 2, "hidden_sizes": "[64, 64]", "epochs": 5}
+    old = {"model": "spatial", "options": {"z_dim": 2, "hidden_sizes": [64, 64], "epochs": 5}, "box": 32}
+    new = {"model": "spatial", "model_options": {"z_dim": 2, "hidden_sizes": [64, 64]}, "training": {"epochs": 5},
+           "box": 32}
+    assert run_settings(old) == run_settings(new) == expected
+    assert list(run_settings(new)) == list(expected)

@@ -13,7 +13,7 @@ import torch
 from emgroup.ctf import ctf_rfft
 from emgroup.data.ctf import stack_ctf, stack_ctf_parameters
 from emgroup.data.preprocess import SPLIT_COLUMN
-from emgroup.data.stack import ParticleStack
+from emgroup.data.stack import Stack
 from emgroup.errors import InputError
 from emgroup.io.star import read_star, write_star
 from emgroup.models.registry import build_model
@@ -46,10 +46,10 @@ def test_short_training_lowers_the_loss_and_writes_the_run(run_emgroup, tiny_par
     assert config["particles"] == str(tiny_particles.resolve())
     defaults = dataclasses.asdict(SpatialVAE.Config())
     # the particles carry defocus: the CTF is modelled without being asked
-    assert config["options"] == {**defaults, "ctf": True, "hidden": 32, "epochs": 5, "epoch_size": None,
-                                 "batch_size": 25, "lr": 3e-3, "seed": 0,
-                                 "device": "auto", "num_workers": 0, "precision": "fp32", "val_fraction": None,
-                                 "plateau_patience": 10, "early_stop": 20}
+    assert config["model_options"] == {**defaults, "ctf": True, "hidden": 32}
+    assert config["training"] == {"epochs": 5, "epoch_size": None, "batch_size": 25, "lr": 3e-3, "seed": 0,
+                                  "device": "auto", "num_workers": 0, "precision": "fp32", "val_fraction": None,
+                                  "plateau_patience": 10, "early_stop": 20}
     assert config["version"]
 
     best = load_checkpoint(run / "checkpoints" / "best.pt")
@@ -59,7 +59,7 @@ def test_short_training_lowers_the_loss_and_writes_the_run(run_emgroup, tiny_par
     assert isinstance(model, SpatialVAE) and not model.training and loaded == best["config"]
     for name, value in model.state_dict().items():
         assert torch.equal(value, best["model"][name])
-    stack = ParticleStack.open(tiny_particles)
+    stack = Stack.open(tiny_particles)
     with pytest.raises(ValueError, match="CTF"):
         model.encode(torch.from_numpy(stack.images([0, 1, 2])))
     latent = model.encode(torch.from_numpy(stack.images([0, 1, 2])),
@@ -79,7 +79,7 @@ def test_a_3d_model_trains_on_volumes(run_emgroup, tmp_path):
     metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert len(metrics) == 2 and metrics["train_loss"].iloc[1] < metrics["train_loss"].iloc[0]
     model, config = load_run(tmp_path / "run")
-    assert (model.ndim, config["box"], config["options"]["group"]) == (3, 16, "SO3")
+    assert (model.ndim, config["box"], config["model_options"]["group"]) == (3, 16, "SO3")
 
 
 @pytest.mark.slow
@@ -142,7 +142,7 @@ def test_a_run_folder_is_refused_unless_resume_or_force(run_emgroup, tiny_partic
     result = run_emgroup("train", tiny_particles, "-o", run, "--model", "vae", "--epochs", 1, "--z-dim", 3,
                          "--force", *SMALL)
     assert result.exit_code == 0, result.output
-    assert json.loads((run / "config.json").read_text())["options"]["z_dim"] == 3
+    assert json.loads((run / "config.json").read_text())["model_options"]["z_dim"] == 3
 
 
 def _volumes_star(particles, folder):
@@ -195,7 +195,7 @@ def test_help_lists_every_model_option_with_units_and_defaults(run_emgroup):
 
 
 def test_split_comes_from_the_preprocess_column_unless_a_fraction_is_given(tiny_particles):
-    stack = ParticleStack.open(tiny_particles)
+    stack = Stack.open(tiny_particles)
     train, val = split_indices(stack, None, seed=0)
     np.testing.assert_array_equal(val, np.flatnonzero(stack.meta[SPLIT_COLUMN] == "val"))
     assert len(val) == 25 and len(train) == 225
@@ -235,7 +235,7 @@ def test_an_epoch_size_takes_a_new_seeded_subset_each_epoch():
 
 
 def test_batches_hold_the_requested_particles_and_their_ctf(tiny_particles):
-    stack = ParticleStack.open(tiny_particles)
+    stack = Stack.open(tiny_particles)
     batch = StackBatches(stack, with_ctf=True)[[7, 2, 200]]
     np.testing.assert_array_equal(batch["images"].numpy(), stack.images([7, 2, 200]))
     assert batch["index"].tolist() == [7, 2, 200] and batch["ctf_parameters"].shape == (3, 9)
@@ -264,11 +264,11 @@ def test_load_run_without_the_checkpoint_is_an_input_error(tmp_path):
 
 
 def test_a_run_config_builds_its_model_and_an_unknown_option_is_named(tmp_path):
-    """config.json's options are the model's Config fields and the TrainSettings; any other key is an error."""
+    """config.json's model options are the model's Config fields; any other key is an error."""
     model = build_model("vae", {"z_dim": 2}, 8)
-    options = {**dataclasses.asdict(model.config), **dataclasses.asdict(TrainSettings())}
     for extra in ({}, {"z_dimm": 3}):
-        config = {"model": "vae", "options": {**options, **extra}, "box": 8}
+        config = {"model": "vae", "model_options": {**dataclasses.asdict(model.config), **extra},
+                  "training": dataclasses.asdict(TrainSettings()), "box": 8}
         save_checkpoint(tmp_path / "checkpoints" / "best.pt", {"model": model.state_dict(), "config": config})
         if not extra:
             assert load_run(tmp_path)[0].config == model.config

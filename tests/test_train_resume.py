@@ -1,5 +1,6 @@
 """`emgroup train --resume` continues a stopped (or SIGKILLed) run exactly as if it had never stopped."""
 
+import json
 import os
 import re
 import subprocess
@@ -10,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from emgroup.train.checkpoint import load_checkpoint
+from emgroup.train.checkpoint import load_checkpoint, load_run, save_checkpoint
 
 # the full spatial-VAE (sampled z, angle and shift): the RNG state must come back for an exact resume
 OPTIONS = ["--model", "spatial", "--hidden", 32, "--batch-size", 15, "--lr", 2e-3, "--no-progress"]
@@ -52,6 +53,31 @@ def test_resume_gives_the_same_epochs_as_an_uninterrupted_run(run_emgroup, tiny_
     # a resumed run keeps its settings: changing one is refused, naming it
     result = run_emgroup("train", "-o", run, "--resume", "--lr", 0.1)
     assert result.exit_code == 2 and "--lr 0.1 differs from the run's 0.002" in result.output
+
+
+def _old_layout(config: dict) -> dict:
+    """A run config as emgroup wrote it before issue 18: the model's options and the training settings in one
+    ``options`` dict."""
+    rest = {key: value for key, value in config.items() if key not in ("model_options", "training")}
+    return {**rest, "options": {**config["model_options"], **config["training"]}}
+
+
+@pytest.mark.slow
+def test_a_run_written_in_the_old_config_layout_loads_and_resumes(run_emgroup, tiny_particles, tmp_path,
+                                                                   uninterrupted):
+    run = tmp_path / "old"
+    assert run_emgroup("train", tiny_particles, "-o", run, "--epochs", 2, *OPTIONS).exit_code == 0
+    new = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps(_old_layout(new)))
+    for name in ("best", "last"):
+        state = load_checkpoint(run / "checkpoints" / f"{name}.pt")
+        save_checkpoint(run / "checkpoints" / f"{name}.pt", {**state, "config": _old_layout(state["config"])})
+    model, config = load_run(run, "best")  # as analyze reads it
+    assert config["model_options"] == new["model_options"] and model.config.hidden == 32
+    result = run_emgroup("train", "-o", run, "--resume", "--epochs", 5, "--no-progress")
+    assert result.exit_code == 0, result.output
+    pd.testing.assert_frame_equal(_losses(run), uninterrupted, rtol=1e-6)
+    assert json.loads((run / "config.json").read_text()) == {**new, "training": {**new["training"], "epochs": 5}}
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""VolumeStack reads the volumes `emgroup simulate --volumes` writes, folders of MRC files and NIfTI volumes."""
+"""Stack over volumes: reads what `emgroup simulate --volumes` writes, folders of MRC files and NIfTI volumes."""
 
 import os
 import sys
@@ -6,13 +6,13 @@ from pathlib import Path
 
 import mrcfile
 import numpy as np
+import pandas as pd
 import pytest
-import torch
 
-from emgroup.data.volumes import VolumeStack
+from emgroup.data.stack import Stack
 from emgroup.errors import InputError
-from emgroup.geometry import quaternion_to_matrix
 from emgroup.io.mrc import write_volume
+from emgroup.io.star import optics_table, write_star
 
 ADK_OPEN = Path(__file__).resolve().parents[1] / "emgroup" / "demo_data" / "adk_open.pdb"
 
@@ -39,15 +39,14 @@ def simulated(tmp_path_factory):
 
 def test_reads_what_simulate_writes(simulated, monkeypatch):
     monkeypatch.chdir(simulated.parent)
-    stack = VolumeStack.open(simulated / "volumes.star")
+    stack = Stack.open(simulated / "volumes.star", ndim=3)
     assert (len(stack), stack.box, stack.apix) == (4, 16, 7.0)
     assert int(stack.optics["rlnImageDimensionality"].iloc[0]) == 3
     volumes = stack.images([2, 0])
     assert volumes.shape == (2, 16, 16, 16) and volumes.dtype == np.float32
     for k, row in zip([2, 0], volumes):
         assert np.array_equal(row, mrcfile.read(simulated / "volumes" / f"{k + 1:06d}.mrc"))
-    rotation = quaternion_to_matrix(torch.tensor(stack.meta[[f"rlnEmgroupQuat{a}" for a in "WXYZ"]].to_numpy()))
-    assert rotation.shape == (4, 3, 3)
+    assert {"rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"} <= set(stack.meta)
     assert set(stack.meta["rlnEmgroupTrueConformation"]) <= {0.0, 1.0}
     part = stack.subset([3, 1])
     assert np.array_equal(part.images(), stack.images([3, 1]))
@@ -57,8 +56,8 @@ def test_reads_what_simulate_writes(simulated, monkeypatch):
     # the STAR's own folder is also searched (another working directory)
     monkeypatch.chdir(simulated / "volumes")
     with pytest.raises(InputError, match="not found"):
-        VolumeStack.open(simulated / "volumes.star")
-    assert len(VolumeStack.open(simulated / "volumes.star", root=simulated.parent)) == 4
+        Stack.open(simulated / "volumes.star", ndim=3)
+    assert len(Stack.open(simulated / "volumes.star", ndim=3, root=simulated.parent)) == 4
 
 
 def test_folder_of_mrc_files_and_errors(tmp_path):
@@ -66,19 +65,23 @@ def test_folder_of_mrc_files_and_errors(tmp_path):
     vols = rng.normal(size=(3, 8, 8, 8)).astype(np.float32)
     for k, vol in enumerate(vols):
         write_volume(tmp_path / "vols" / f"v{k}.mrc", vol, 2.5)
-    stack = VolumeStack.open(tmp_path / "vols")
+    stack = Stack.open(tmp_path / "vols", ndim=3)
     assert (len(stack), stack.box, stack.apix) == (3, 8, 2.5)
     assert np.array_equal(stack.images(), vols)
-    assert np.array_equal(VolumeStack.open(tmp_path / "vols" / "v1.mrc").images()[0], vols[1])
+    assert np.array_equal(Stack.open(tmp_path / "vols" / "v1.mrc", ndim=3).images()[0], vols[1])
+    # a volumes STAR moved with its files: found by their bare names in the STAR's folder, as particle stacks are
+    write_star(tmp_path / "vols" / "moved.star", pd.DataFrame({"rlnImageName": ["gone/v2.mrc", "gone/v0.mrc"]}),
+               optics_table(2.5, 8))
+    assert np.array_equal(Stack.open(tmp_path / "vols" / "moved.star", ndim=3).images(), vols[[2, 0]])
     write_volume(tmp_path / "vols" / "v3.mrc", np.zeros((10, 10, 10), np.float32), 2.5)
     with pytest.raises(InputError, match="mixed box sizes"):
-        VolumeStack.open(tmp_path / "vols")
+        Stack.open(tmp_path / "vols", ndim=3)
     write_volume(tmp_path / "flat.mrc", np.zeros((8, 8, 6), np.float32), 2.5)
     with pytest.raises(InputError, match="not a cubic volume"):
-        VolumeStack.open(tmp_path / "flat.mrc")
+        Stack.open(tmp_path / "flat.mrc", ndim=3)
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no volume files"):
-        VolumeStack.open(tmp_path / "empty")
+        Stack.open(tmp_path / "empty", ndim=3)
 
 
 def test_nifti_volumes_are_transposed_to_zyx(tmp_path, monkeypatch):
@@ -87,7 +90,7 @@ def test_nifti_volumes_are_transposed_to_zyx(tmp_path, monkeypatch):
     ijk = rng.normal(size=(6, 6, 6, 2)).astype(np.float32)  # two volumes along the 4th axis
     image = nibabel.Nifti1Image(ijk, np.diag([1.5, 1.5, 1.5, 1.0]))
     nibabel.save(image, tmp_path / "scan.nii.gz")
-    stack = VolumeStack.open(tmp_path / "scan.nii.gz")
+    stack = Stack.open(tmp_path / "scan.nii.gz", ndim=3)
     assert (len(stack), stack.box, stack.apix) == (2, 6, 1.5)
     volumes = stack.images()
     assert np.array_equal(volumes[1][3, 2, 1], ijk[1, 2, 3, 1])  # (z, y, x) = (k, j, i)
@@ -95,4 +98,4 @@ def test_nifti_volumes_are_transposed_to_zyx(tmp_path, monkeypatch):
     assert stack.meta["rlnImageName"].iloc[1].startswith("000002@")
     monkeypatch.setitem(sys.modules, "nibabel", None)  # as if the optional extra were not installed
     with pytest.raises(InputError, match="needs the optional package nibabel"):
-        VolumeStack.open(tmp_path / "scan.nii.gz")
+        Stack.open(tmp_path / "scan.nii.gz", ndim=3)

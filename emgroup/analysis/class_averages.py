@@ -16,7 +16,7 @@ WIENER = 0.1
 
 def class_averages(stack, labels, theta, shift_px, n_classes: int, batch_size: int = 256, progress: bool = True,
                    ctf: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """``(averages (K, D, D) float32, counts (K,))`` of the particles of ``stack`` (a ParticleStack) in classes
+    """``(averages (K, D, D) float32, counts (K,))`` of the particles of ``stack`` (a Stack) in classes
     ``labels`` (N,) 0..K-1, each brought to the canonical frame with :func:`emgroup.data.transforms.align_images`
     and its pose ``theta`` (N,) radians and ``shift_px`` (N, 2) pixels (x, y). With ``ctf``, each aligned image's CTF
     (turned with it) weighs it in Fourier space and the sums are Wiener-divided: ``sum CTF F / (sum CTF^2 + WIENER

@@ -27,7 +27,7 @@ DECODE_PIXELS = 2**16
 def encode_stack(model, stack, store, batch_size: int = 256, device="cpu",
                  decoded: Callable[[np.ndarray, np.ndarray, np.ndarray], None] | None = None, canonical: bool = False,
                  progress: bool = True) -> dict:
-    """Run ``model.encode`` over ``stack`` (a ParticleStack), ``batch_size`` particles at a time on ``device``.
+    """Run ``model.encode`` over ``stack`` (a Stack), ``batch_size`` particles at a time on ``device``.
 
     Every entry of the encoding goes into ``store`` (an ``h5py.Group``) as a float32 dataset of ``len(stack)``
     rows; an entry that is the same for the whole batch (leading size not the batch size, e.g. a model-wide

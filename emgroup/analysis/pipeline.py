@@ -2,8 +2,8 @@
 
 Two streamed passes over the particles (memory bounded by the batch): (1) encode — latents and poses into
 ``latents.h5``, the model's reconstructions into ``denoised.mrcs``; then clustering of the latent means;
-(2) class averages of the particles brought into the canonical frame by their inferred pose. Volume models
-(:func:`analyze_volumes`) get the first pass and the clustering; their reconstructions are one MRC file per volume.
+(2) class averages of the particles brought into the canonical frame by their inferred pose. Volumes get the first
+pass and the clustering; their reconstructions are one MRC file per volume.
 Every output file is written atomically; ``report.html`` (:mod:`emgroup.analysis.report`) gathers the figures,
 metrics and settings on one page. See ``docs/analyze.md`` for the files and their units.
 """
@@ -73,107 +73,177 @@ class Options:
 
 
 def analyze(model, stack, outdir, rundir=None, options: Options | None = None) -> dict:
-    """Write every output of `emgroup analyze` for ``stack`` (a ParticleStack) and a trained ``model`` (eval mode,
-    on ``options.device``) into ``outdir``; ``rundir`` supplies ``metrics.csv`` for the training curves and
-    ``config.json`` for the report's settings.
+    """Write every output of `emgroup analyze` for ``stack`` (a :class:`~emgroup.data.stack.Stack` of images or
+    volumes, as ``model`` was trained on) and a trained ``model`` (eval mode, on ``options.device``) into
+    ``outdir``; ``rundir`` supplies ``metrics.csv`` for the training curves and ``config.json`` for the report's
+    settings. Images and volumes differ only in their :class:`_ImageOutputs` / :class:`_VolumeOutputs` (how
+    reconstructions and tables are written, and the class-average step).
     Returns a summary: particle and cluster counts, and the metrics against ground truth (when the STAR has any)."""
     options = options or Options()
     outdir = Path(outdir)
     (outdir / "figures").mkdir(parents=True, exist_ok=True)
-    n, apix = len(stack), stack.apix
-    clean = _clean_stack(stack)
+    n = len(stack)
     with contextlib.ExitStack() as files:
         h5 = files.enter_context(h5py.File(files.enter_context(atomic_path(outdir / "latents.h5")), "w"))
-        denoised = (files.enter_context(StackWriter(outdir / "denoised.mrcs", n, stack.box, apix))
-                    if options.denoise else None)
-        compare = options.denoise and not options.canonical and clean is not None
-        comparison = _DenoiseComparison(stack, clean) if compare else None
+        outputs = (_ImageOutputs if stack.ndim == 2 else _VolumeOutputs)(stack, outdir, options, files)
         examples = _Examples(n, options.canonical)
 
         def decoded(indices, images, reconstructions):
-            denoised.write(reconstructions)
+            outputs.add(indices, images, reconstructions)
             examples.add(indices, images, reconstructions)
-            if comparison is not None:
-                comparison.add(indices, images, reconstructions)
 
         encoding, clusters, swap = _encode_and_cluster(model, stack, h5, options, decoded if options.denoise else None)
         decoded_centres = decode_latents(model, clusters.centres, options.device)
-        if options.align_classes and "theta" in encoding:  # one frame for every class (emgroup.analysis.frames)
-            frames = class_frames(decoded_centres, clusters.counts, shifts="shift" in encoding)
-            theta, shift = to_common_frame(*inplane_pose(encoding, n), clusters.labels, frames)
-            encoding |= {"theta": theta, **({"shift": shift} if "shift" in encoding else {})}
-            decoded_centres = transform_images(decoded_centres, *frames)
-            h5["class_frames"] = np.column_stack([np.degrees(frames[0]), frames[1]])  # degrees, x px, y px
-        table = particles_table(stack.meta, encoding, clusters.labels, apix, options.seed)
+        encoding, decoded_centres, averages = outputs.classes(model, encoding, clusters, decoded_centres, h5)
+        table = outputs.table(encoding, clusters.labels)
         _store_analysis(h5, table, clusters, stack, options)
-    theta, shift = inplane_pose(encoding, n)
-    averages, counts = class_averages(stack, clusters.labels, theta, shift, clusters.n_clusters,
-                                      options.batch_size, options.progress, ctf=model.uses_ctf)
-    write_star(outdir / "particles.star", table, stack.optics)
-    write_cs(outdir / "particles.cs", table, stack.optics, stack.records)
-    if options.denoise:
-        denoised_table = table.assign(
-            rlnImageName=format_image_name(np.arange(n), relative_to_cwd(outdir / "denoised.mrcs")))
-        if options.canonical:  # the reconstructions are in the canonical frame: the identity pose
-            denoised_table = denoised_table.assign(**{c: 0.0 for c in POSE_LABELS if c in table})
-        write_star(outdir / "denoised.star", denoised_table, stack.optics)
-    write_stack(outdir / "class_averages.mrcs", averages, apix)
-    write_stack(outdir / "class_decoded.mrcs", decoded_centres, apix)
-    write_star(outdir / "classes.star", classes_table(counts, outdir / "class_averages.mrcs"), stack.optics)
-    metrics = truth_metrics(stack.meta, encoding, clusters.labels, apix)
-    if comparison is not None:
-        metrics |= comparison.result()
+    outputs.write(table, decoded_centres, averages, clusters.counts)
+    metrics = truth_metrics(stack.meta, encoding, clusters.labels, stack.apix) | outputs.metrics()
     _write_metrics(outdir, metrics)
-    if options.denoise:
-        examples.clean = clean[comparison.rows[examples.indices]] if comparison is not None else None
-    figures = make_figures(model, outdir / "figures", stack, encoding, clusters, averages, decoded_centres, swap,
+    examples.clean = outputs.clean(examples.indices)
+    figures = make_figures(model, outdir / "figures", outputs, encoding, clusters, averages, decoded_centres, swap,
                            rundir, options.device, metrics, examples if options.denoise else None)
-    summary = {"particles": n, "clusters": clusters.n_clusters, "counts": counts.tolist(), "metrics": metrics}
-    if options.report:
-        _write_report(outdir, model, stack, rundir, options, summary, figures)
-    return summary
-
-
-def analyze_volumes(model, stack, outdir, rundir=None, options: Options | None = None) -> dict:
-    """`emgroup analyze` for a volume model (``model.ndim == 3``) and a VolumeStack: ``latents.h5``,
-    ``volumes.star`` (the input rows with ``rlnClassNumber`` and the latents), ``class_decoded/classNNN.mrc`` (the
-    decoder at each cluster centre), ``denoised/NNNNNN.mrc`` + ``denoised.star`` (each volume's reconstruction),
-    figures (volumes drawn as projections along z) and, with truth in the STAR, ``metrics.json``. Such a model
-    infers no pose, so nothing is aligned or averaged. Returns the summary :func:`analyze` returns."""
-    options = options or Options()
-    outdir = Path(outdir)
-    for folder in ("figures", "class_decoded", *(["denoised"] if options.denoise else [])):
-        (outdir / folder).mkdir(parents=True, exist_ok=True)
-    n, apix = len(stack), stack.apix
-    denoised = [outdir / "denoised" / f"{i + 1:06d}.mrc" for i in range(n)]
-    examples = _Examples(n, canonical=False)
-
-    def decoded(indices, volumes, reconstructions):
-        examples.add(indices, volumes, reconstructions)
-        for i, volume in zip(indices, reconstructions):
-            write_volume(denoised[i], volume, apix)
-
-    with contextlib.ExitStack() as files:
-        h5 = files.enter_context(h5py.File(files.enter_context(atomic_path(outdir / "latents.h5")), "w"))
-        encoding, clusters, swap = _encode_and_cluster(model, stack, h5, options, decoded if options.denoise else None)
-        kept = _input_kept(stack.meta, ["rlnClassNumber"])
-        table = pd.concat([kept, _class_and_latents(clusters.labels, encoding["z"], n, options.seed)], axis=1)
-        _store_analysis(h5, table, clusters, stack, options)
-    decoded_centres = decode_latents(model, clusters.centres, options.device)
-    write_star(outdir / "volumes.star", table, stack.optics)
-    for k, volume in enumerate(decoded_centres):
-        write_volume(outdir / "class_decoded" / f"class{k + 1:03d}.mrc", volume, apix)
-    if options.denoise:
-        write_star(outdir / "denoised.star", table.assign(rlnImageName=[relative_to_cwd(path) for path in denoised]),
-                   stack.optics)
-    metrics = truth_metrics(stack.meta, encoding, clusters.labels, apix)
-    _write_metrics(outdir, metrics)
-    figures = make_figures(model, outdir / "figures", stack, encoding, clusters, None, decoded_centres, swap, rundir,
-                           options.device, metrics, examples if options.denoise else None)
     summary = {"particles": n, "clusters": clusters.n_clusters, "counts": clusters.counts.tolist(), "metrics": metrics}
     if options.report:
-        _write_report(outdir, model, stack, rundir, options, summary, figures)
+        _write_report(outputs, model, rundir, summary, figures)
     return summary
+
+
+class _Outputs:
+    """What differs between an analysis of images and one of volumes, gathered in the two subclasses
+    :class:`_ImageOutputs` and :class:`_VolumeOutputs`: how reconstructions (:meth:`add`) and tables are written, the
+    class step, and how figures and the report name and draw the data (``noun``: what the rows are, ``turns``: how
+    the group-action figure turns them, ``volumes``, ``pictures``). The defaults here: no class step, no clean data."""
+
+    def __init__(self, stack, outdir: Path, options: Options):
+        self.stack, self.outdir, self.options = stack, outdir, options
+
+    def classes(self, model, encoding: dict, clusters: Clusters, decoded_centres, h5) -> tuple:
+        """(``encoding``, ``decoded_centres``, the class averages): nothing aligned or averaged."""
+        return encoding, decoded_centres, None
+
+    def metrics(self) -> dict:
+        """Metrics of the reconstructions against clean data: none."""
+        return {}
+
+    def clean(self, indices) -> np.ndarray | None:
+        """Clean data of the rows at ``indices``: none."""
+        return None
+
+    def next_steps(self, model, counts) -> list:
+        """The report's RELION/cryoSPARC commands (:func:`emgroup.analysis.report.next_steps`)."""
+        return report.next_steps(Path.cwd(), relative_to_cwd(self.outdir), counts, self.stack.box, self.stack.apix,
+                                 model.uses_ctf, model.pose is Pose.SO3, self.volumes,
+                                 () if self.volumes else self.stack.sources)
+
+
+class _ImageOutputs(_Outputs):
+    """What `emgroup analyze` writes for particle images: reconstructions streamed into ``denoised.mrcs`` (compared
+    with ``clean.mrcs`` when `emgroup simulate` left one beside the input) + ``denoised.star``, ``particles.star``
+    and ``.cs`` with the inferred RELION pose, and the class step: classes brought into one frame on request
+    (:mod:`emgroup.analysis.frames`), class averages of the particles aligned by their pose
+    (``class_averages.mrcs`` + ``classes.star``), the decoded centres (``class_decoded.mrcs``)."""
+
+    noun, turns, volumes = "particles", "in-plane", False
+
+    def __init__(self, stack, outdir: Path, options: Options, files: contextlib.ExitStack):
+        super().__init__(stack, outdir, options)
+        self.denoised = (files.enter_context(StackWriter(outdir / "denoised.mrcs", len(stack), stack.box, stack.apix))
+                         if options.denoise else None)
+        clean = _clean_stack(stack)
+        compare = options.denoise and not options.canonical and clean is not None
+        self.comparison = _DenoiseComparison(stack, clean) if compare else None
+
+    def add(self, indices, images, reconstructions) -> None:
+        """Write a batch's reconstructions (m, D, D) of the particles at ``indices`` (their ``images``)."""
+        self.denoised.write(reconstructions)
+        if self.comparison is not None:
+            self.comparison.add(indices, images, reconstructions)
+
+    def classes(self, model, encoding: dict, clusters: Clusters, decoded_centres, h5) -> tuple:
+        """(``encoding`` and ``decoded_centres`` in one frame when ``align_classes`` asks (the frames go into
+        ``h5``), the class averages (K, D, D) of the particles aligned by their pose)."""
+        n = len(self.stack)
+        if self.options.align_classes and "theta" in encoding:
+            frames = class_frames(decoded_centres, clusters.counts, shifts="shift" in encoding)
+            theta, shift = to_common_frame(*inplane_pose(encoding, n), clusters.labels, frames)
+            encoding = encoding | {"theta": theta, **({"shift": shift} if "shift" in encoding else {})}
+            decoded_centres = transform_images(decoded_centres, *frames)
+            h5["class_frames"] = np.column_stack([np.degrees(frames[0]), frames[1]])  # degrees, x px, y px
+        averages, _ = class_averages(self.stack, clusters.labels, *inplane_pose(encoding, n), clusters.n_clusters,
+                                     self.options.batch_size, self.options.progress, ctf=model.uses_ctf)
+        return encoding, decoded_centres, averages
+
+    def table(self, encoding: dict, labels) -> pd.DataFrame:
+        """The particles table (:func:`particles_table`)."""
+        return particles_table(self.stack.meta, encoding, labels, self.stack.apix, self.options.seed)
+
+    def write(self, table: pd.DataFrame, decoded_centres, averages, counts) -> None:
+        """``particles.star`` + ``.cs``, ``denoised.star``, ``class_averages.mrcs``, ``class_decoded.mrcs``,
+        ``classes.star``."""
+        outdir, optics, apix = self.outdir, self.stack.optics, self.stack.apix
+        write_star(outdir / "particles.star", table, optics)
+        write_cs(outdir / "particles.cs", table, optics, self.stack.records)
+        if self.options.denoise:
+            denoised_table = table.assign(
+                rlnImageName=format_image_name(np.arange(len(table)), relative_to_cwd(outdir / "denoised.mrcs")))
+            if self.options.canonical:  # the reconstructions are in the canonical frame: the identity pose
+                denoised_table = denoised_table.assign(**{c: 0.0 for c in POSE_LABELS if c in table})
+            write_star(outdir / "denoised.star", denoised_table, optics)
+        write_stack(outdir / "class_averages.mrcs", averages, apix)
+        write_stack(outdir / "class_decoded.mrcs", decoded_centres, apix)
+        write_star(outdir / "classes.star", classes_table(counts, outdir / "class_averages.mrcs"), optics)
+
+    def metrics(self) -> dict:
+        """The reconstructions' agreement with the clean images (:class:`_DenoiseComparison`), when known."""
+        return self.comparison.result() if self.comparison is not None else {}
+
+    def clean(self, indices) -> np.ndarray | None:
+        """The clean images of the particles at ``indices``, when known."""
+        return self.comparison.clean[self.comparison.rows[indices]] if self.comparison is not None else None
+
+    @staticmethod
+    def pictures(data: np.ndarray) -> np.ndarray:
+        """Images as they are."""
+        return data
+
+
+class _VolumeOutputs(_Outputs):
+    """What `emgroup analyze` writes for volumes: each reconstruction as ``denoised/NNNNNN.mrc`` + ``denoised.star``,
+    ``volumes.star`` (the input rows with ``rlnClassNumber`` and the latents), the decoded centres as
+    ``class_decoded/classNNN.mrc``. A volume model infers no pose: no class step (nothing is aligned or averaged)."""
+
+    noun, turns, volumes = "volumes", "about y", True
+
+    def __init__(self, stack, outdir: Path, options: Options, files: contextlib.ExitStack):
+        super().__init__(stack, outdir, options)
+        for folder in ("class_decoded", *(["denoised"] if options.denoise else [])):
+            (outdir / folder).mkdir(parents=True, exist_ok=True)
+        self.denoised = [outdir / "denoised" / f"{i + 1:06d}.mrc" for i in range(len(stack))]
+
+    def add(self, indices, volumes, reconstructions) -> None:
+        """Write a batch's reconstructions (m, D, D, D) of the volumes at ``indices``."""
+        for i, volume in zip(indices, reconstructions):
+            write_volume(self.denoised[i], volume, self.stack.apix)
+
+    def table(self, encoding: dict, labels) -> pd.DataFrame:
+        """The input rows (their class moved to ``rlnEmgroupInputClassNumber``) with class and latents."""
+        kept = _input_kept(self.stack.meta, ["rlnClassNumber"])
+        return pd.concat([kept, _class_and_latents(labels, encoding["z"], len(kept), self.options.seed)], axis=1)
+
+    def write(self, table: pd.DataFrame, decoded_centres, averages, counts) -> None:
+        """``volumes.star``, ``class_decoded/classNNN.mrc``, ``denoised.star``."""
+        write_star(self.outdir / "volumes.star", table, self.stack.optics)
+        for k, volume in enumerate(decoded_centres):
+            write_volume(self.outdir / "class_decoded" / f"class{k + 1:03d}.mrc", volume, self.stack.apix)
+        if self.options.denoise:
+            write_star(self.outdir / "denoised.star",
+                       table.assign(rlnImageName=[relative_to_cwd(path) for path in self.denoised]), self.stack.optics)
+
+    @staticmethod
+    def pictures(data: np.ndarray) -> np.ndarray:
+        """What a figure draws of volumes (n, D, D, D): their projections along z, (n, D, D)."""
+        return data.sum(axis=-3)
 
 
 def _encode_and_cluster(model, stack, h5, options: Options, decoded) -> tuple[dict, Clusters, np.ndarray | None]:
@@ -334,20 +404,18 @@ def _store_analysis(h5, table: pd.DataFrame, clusters: Clusters, stack, options:
         h5["cluster_scores"] = np.array(list(clusters.scores.items()), dtype=float)
 
 
-def make_figures(model, folder: Path, stack, encoding, clusters: Clusters, averages, decoded, swap, rundir, device,
-                 metrics: dict, examples: "_Examples | None") -> dict:
-    """All PNGs of `emgroup analyze` into ``folder``; volumes (``model.ndim == 3``) are drawn as their projections
-    along z. ``averages``: the class averages or None (volumes); ``swap``: latents from :func:`_latent_swap` or
+def make_figures(model, folder: Path, outputs: _Outputs, encoding, clusters: Clusters, averages, decoded, swap, rundir,
+                 device, metrics: dict, examples: "_Examples | None") -> dict:
+    """All PNGs of `emgroup analyze` of ``outputs.stack`` into ``folder``, its data drawn as ``outputs.pictures``
+    draws them (volumes as their projections along z). ``averages``: the class averages or None (volumes); ``swap``: latents from :func:`_latent_swap` or
     None; ``metrics``: :func:`truth_metrics` (scores on the pose figure); ``examples``: particles and their
     reconstructions, or None (no denoising). Each figure is headed by what was run on what. Returns ``{file name:
     PNG bytes}``."""
+    stack, pictures = outputs.stack, outputs.pictures
     meta, n = stack.meta, len(stack)
     z = np.asarray(encoding["z"]).reshape(n, -1)
-    context = run_description(model, stack, rundir)
+    context = run_description(model, outputs, rundir)
     figures = {}
-
-    def pictures(data):  # images as they are, volumes projected along z
-        return data if model.ndim == 2 else data.sum(axis=-3)
 
     def save(name, draw, *args, title, **kwargs):
         figures[name] = draw(*args, path=folder / name, title=f"{title}\n{context}", **kwargs)
@@ -393,36 +461,34 @@ def make_figures(model, folder: Path, stack, encoding, clusters: Clusters, avera
         rows = np.stack([truth, predicted], 1).reshape(-1, *truth.shape[1:])  # truth, prediction, truth, ...
         save("group_action.png", plots.image_grid, pictures(rows), row_labels=["T_g x", "predicted"] * len(inputs),
              col_labels=[f"{a:g}°" for a in ACTION_ANGLES],
-             title="each particle turned by g (" + ("in-plane" if model.ndim == 2 else "about y") +
+             title="each particle turned by g (" + outputs.turns +
                    ") and the model's prediction D(Φ_g(E x))")
     return figures
 
 
-def run_description(model, stack, rundir) -> str:
+def run_description(model, outputs: _Outputs, rundir) -> str:
     """What was run on what, for figure titles: model, run folder, particles file, particle count."""
+    stack = outputs.stack
     run = f" from {relative_to_cwd(rundir)}/" if rundir is not None else ""
     source = f" on {relative_to_cwd(stack.path)}" if stack.path is not None else ""
-    noun = "particles" if model.ndim == 2 else "volumes"
-    return f"{model.name} model{run}{source}, {len(stack)} {noun}"
+    return f"{model.name} model{run}{source}, {len(stack)} {outputs.noun}"
 
 
-def _write_report(outdir: Path, model, stack, rundir, options: Options, summary: dict, figures: dict) -> None:
-    """``report.html`` (:mod:`emgroup.analysis.report`): what was run, metrics, ``figures`` ``{name: PNG bytes}``,
-    the RELION/cryoSPARC commands that continue from the outputs, settings."""
-    volumes, counts = model.ndim == 3, summary["counts"]
+def _write_report(outputs: _Outputs, model, rundir, summary: dict, figures: dict) -> None:
+    """``report.html`` (:mod:`emgroup.analysis.report`) in ``outputs.outdir``: what was run, metrics, ``figures``
+    ``{name: PNG bytes}``, the RELION/cryoSPARC commands that continue from the outputs, settings."""
+    stack, outdir, counts = outputs.stack, outputs.outdir, summary["counts"]
     overview = {"model": model.name, "run": relative_to_cwd(rundir) if rundir is not None else "",
                 "input": relative_to_cwd(stack.path) if stack.path is not None else "",
-                "volumes" if volumes else "particles": summary["particles"], "box (px)": stack.box,
+                outputs.noun: summary["particles"], "box (px)": stack.box,
                 "pixel size (Å)": f"{stack.apix:g}", "clusters": summary["clusters"],
                 "per class": ", ".join(f"{k + 1}: {c}" for k, c in enumerate(counts)), "output folder": outdir}
-    settings = {"emgroup analyze": {key: str(value) for key, value in asdict(options).items()}}
+    settings = {"emgroup analyze": {key: str(value) for key, value in asdict(outputs.options).items()}}
     config_path = Path(rundir) / "config.json" if rundir is not None else None
     if config_path is not None and config_path.is_file():
         settings["emgroup train (the run's config.json)"] = report.run_settings(json.loads(config_path.read_text()))
-    steps = report.next_steps(Path.cwd(), relative_to_cwd(outdir), counts, stack.box, stack.apix, model.uses_ctf,
-                              model.pose is Pose.SO3, volumes, () if volumes else stack.sources)
-    report.write_report(outdir / "report.html", f"emgroup analyze: {run_description(model, stack, rundir)}",
-                        overview, settings, summary["metrics"], figures, steps)
+    report.write_report(outdir / "report.html", f"emgroup analyze: {run_description(model, outputs, rundir)}",
+                        overview, settings, summary["metrics"], figures, outputs.next_steps(model, counts))
 
 
 def _nearest_particles(z, clusters: Clusters, count: int) -> np.ndarray:

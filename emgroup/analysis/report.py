@@ -148,10 +148,12 @@ def next_steps(cwd, outdir: str, counts, box: int, apix: float, ctf: bool, rotat
 
 
 def run_settings(config: dict) -> dict:
-    """The run's ``config.json`` as a flat ``{setting: value}`` table (the model's and trainer's options)."""
-    flat = {key: value for key, value in config.items() if key != "options"}
-    return flat | {key: json.dumps(value) if isinstance(value, (list, dict)) else value
-                   for key, value in config.get("options", {}).items()}
+    """The run's ``config.json`` as a flat ``{setting: value}`` table: its plain entries, then those of each group
+    of options (``model_options`` and ``training``, or the one ``options`` of older runs)."""
+    groups = [value for value in config.values() if isinstance(value, dict)]
+    return {key: value for key, value in config.items() if not isinstance(value, dict)} | {
+        key: json.dumps(value) if isinstance(value, (list, dict)) else value for group in groups
+        for key, value in group.items()}
 
 
 NUMBER = ' class="number"'

@@ -6,9 +6,8 @@ from pathlib import Path
 import click
 
 from emgroup.analysis.clustering import METHODS
-from emgroup.analysis.pipeline import Options, analyze, analyze_volumes
-from emgroup.data.stack import ParticleStack
-from emgroup.data.volumes import VolumeStack
+from emgroup.analysis.pipeline import Options, analyze
+from emgroup.data.stack import Stack
 from emgroup.devices import resolve_device
 from emgroup.errors import InputError
 from emgroup.io.atomic import output_folder, written_together
@@ -94,8 +93,7 @@ def command(rundir, particles, outdir, checkpoint, clusters, cluster_method, max
     model, config = load_run(rundir, checkpoint, torch_device)
     if particles is None:
         particles, root = Path(config["particles"]), root or config.get("root")
-    volumes = model.ndim == 3
-    stack = (VolumeStack if volumes else ParticleStack).open(particles, root=root)
+    stack = Stack.open(particles, model.ndim, root=root)
     if stack.box != config["box"]:
         raise InputError(f"box {stack.box} px does not match the model's {config['box']} px", particles)
     if abs(stack.apix - config["apix"]) > 1e-3 * config["apix"]:
@@ -103,8 +101,9 @@ def command(rundir, particles, outdir, checkpoint, clusters, cluster_method, max
     options = Options(clusters, cluster_method, max_clusters, batch_size, torch_device, canonical, denoise,
                       align_classes, seed, progress, report)
     with output_folder(outdir), written_together():  # every output, or none
-        summary = (analyze_volumes if volumes else analyze)(model, stack, outdir, rundir, options)
-    click.echo(f"{summary['particles']} {'volumes' if volumes else 'particles'} in {summary['clusters']} clusters "
-               f"{summary['counts']}; outputs in {outdir}")
+        summary = analyze(model, stack, outdir, rundir, options)
+    noun = "volumes" if stack.ndim == 3 else "particles"
+    click.echo(f"{summary['particles']} {noun} in {summary['clusters']} clusters {summary['counts']}; outputs in "
+               f"{outdir}")
     for name, value in summary["metrics"].items():
         click.echo(f"  {name}: {value:.4g}")

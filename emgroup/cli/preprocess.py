@@ -6,7 +6,7 @@ import click
 
 from emgroup.cli.types import FiniteFloat
 from emgroup.data.preprocess import SPLIT_COLUMN, preprocess_stack
-from emgroup.data.stack import ParticleStack
+from emgroup.data.stack import Stack
 from emgroup.io.atomic import output_folder
 
 FILE = click.Path(path_type=Path)
@@ -53,10 +53,10 @@ def command(input_path, outdir, downsample, invert_contrast, normalize, max_part
     if coords is not None and (micrographs is None or box is None):
         raise click.UsageError("--coords needs --micrographs and --box")
     if coords is not None:
-        stack = ParticleStack.from_topaz(coords, micrographs, box, apix=apix)
+        stack = Stack.from_topaz(coords, micrographs, box, apix=apix)
         click.echo(f"{len(stack)} boxes of {box} px; {stack.edge_skipped} skipped for crossing a micrograph edge")
     else:
-        stack = ParticleStack.open(input_path, root=root, apix=apix)
+        stack = Stack.open(input_path, root=root, apix=apix)
     with output_folder(outdir):  # bad pixels found while streaming: no trace left
         star = preprocess_stack(stack, outdir / "particles.star", downsample=downsample,
                                 invert_contrast=invert_contrast, normalize_background=normalize,

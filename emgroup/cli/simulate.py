@@ -13,8 +13,7 @@ from emgroup.data import simulate
 from emgroup.data.poses import matrix_to_euler
 from emgroup.data.stack import write_particles
 from emgroup.errors import InputError
-from emgroup.geometry import (matrix_to_quaternion_numpy, parse_angle_distribution, random_rotations_numpy,
-                              rotate_volume_numpy)
+from emgroup.geometry import parse_angle_distribution, random_rotations_numpy, rotate_volume_numpy
 from emgroup.io.atomic import output_folder, written_together
 from emgroup.io.atoms import read_atoms, read_trajectory
 from emgroup.io.mrc import StackWriter, read_volume, write_volume
@@ -172,7 +171,6 @@ def _write_volumes(outdir, volumes, truth, n, apix, snr, rng, progress):
     rotations = random_rotations_numpy(n, rng)
     conformation = rng.integers(0, len(truth), n)
     rot, tilt, psi = matrix_to_euler(rotations)
-    quaternion = matrix_to_quaternion_numpy(rotations)
     names = [outdir / "volumes" / f"{i + 1:06d}.mrc" for i in range(n)]
     noise_sigma = np.sqrt(volumes.var(axis=(1, 2, 3)).mean() / snr)
     rotated = (rotate_volume_numpy(volumes[k], a.T) for a, k in zip(rotations, conformation))  # V_k(A^T x)
@@ -182,7 +180,6 @@ def _write_volumes(outdir, volumes, truth, n, apix, snr, rng, progress):
         write_volume(name, vol, apix)
     table = pd.DataFrame({"rlnImageName": [relative_to_cwd(name) for name in names],
                           "rlnAngleRot": rot, "rlnAngleTilt": tilt, "rlnAnglePsi": psi,
-                          **{f"rlnEmgroupQuat{axis}": quaternion[:, i] for i, axis in enumerate("WXYZ")},
                           "rlnEmgroupTrueConformation": truth[conformation], "rlnOpticsGroup": 1})
     optics = optics_table(apix, volumes.shape[-1]).assign(rlnImageDimensionality=3)
     write_star(outdir / "volumes.star", table, optics)

@@ -1,1 +1,1 @@
-"""Data layer: ParticleStack, preprocessing, CTF, image transforms, poses and simulation (imports io only)."""
+"""Data layer: Stack, preprocessing, CTF, image transforms, poses and simulation (imports io only)."""

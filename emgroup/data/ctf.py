@@ -15,7 +15,7 @@ def has_ctf(meta) -> bool:
 
 
 def stack_ctf_parameters(stack, indices=None) -> np.ndarray:
-    """float64 (n, 9) CTF parameter rows (:data:`emgroup.ctf.CTF_PARAMETERS`) of a ``ParticleStack``'s particles
+    """float64 (n, 9) CTF parameter rows (:data:`emgroup.ctf.CTF_PARAMETERS`) of a ``Stack``'s particles
     (all when ``indices`` is None), with the stack's pixel size.
 
     Reads ``rlnDefocusU/V/Angle`` (and ``rlnPhaseShift``, ``rlnCtfBfactor`` when present) from ``stack.meta`` and
@@ -40,5 +40,5 @@ def stack_ctf_parameters(stack, indices=None) -> np.ndarray:
 
 
 def stack_ctf(stack, indices=None) -> np.ndarray:
-    """float32 (n, D, D // 2 + 1) CTFs of a ``ParticleStack``'s particles (all when ``indices`` is None)."""
+    """float32 (n, D, D // 2 + 1) CTFs of a ``Stack``'s particles (all when ``indices`` is None)."""
     return ctf_rfft(stack.box, stack_ctf_parameters(stack, indices)).numpy()

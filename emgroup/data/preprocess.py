@@ -10,7 +10,7 @@ import numpy as np
 import scipy.fft as sfft
 from tqdm import tqdm
 
-from emgroup.data.stack import ParticleStack, require_finite, write_particles
+from emgroup.data.stack import Stack, require_finite, write_particles
 from emgroup.errors import InputError
 from emgroup.geometry import squared_distances
 
@@ -73,7 +73,7 @@ def record_origin(meta):
     return meta.rename(columns={"rlnImageName": ORIGIN_LABEL, **dict(zip(chain[:-1], chain[1:]))})
 
 
-def preprocess_stack(stack: ParticleStack, out_star, *, downsample: int | None = None, invert_contrast=False,
+def preprocess_stack(stack: Stack, out_star, *, downsample: int | None = None, invert_contrast=False,
                      normalize_background=True, max_particles: int | None = None, val_fraction: float = 0.0,
                      seed: int = 0, chunk_size: int = 256, progress: bool = True) -> Path:
     """Stream ``stack`` through crop -> invert -> normalize into ``out_star`` (+ the ``.mrcs`` beside it).

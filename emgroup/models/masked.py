@@ -149,13 +149,16 @@ class MaskedGroupAction(Model, GroupAction):
         m = (self.channel_mask() if m is None else m).view(-1, *(1,) * (z.dim() - 2))
         return m * z, (1 - m) * z
 
-    def sample_group(self, n: int, device=None) -> torch.Tensor:
-        """n training transformations: angles (n,) rad, uniform in +-max_angle (SO2), or rotations (n, 3, 3)
-        uniform with angle <= max_angle (SO3)."""
-        limit = math.radians(self.config.max_angle)
+    def sample_group(self, n: int, device=None, between: tuple[float, float] | None = None,
+                     generator=None) -> torch.Tensor:
+        """n group elements whose rotation angle lies in ``between`` = (low, high) degrees (default: (0,
+        max_angle), the training transformations): angles (n,) rad of either sign, uniform in magnitude (SO2), or
+        rotations (n, 3, 3), Haar-distributed within the range (SO3); drawn with ``generator`` (default: torch's)."""
+        low, high = (math.radians(a) for a in (between or (0.0, self.config.max_angle)))
         if self.ndim == 2:
-            return (2 * torch.rand(n, device=device) - 1) * limit
-        return random_rotations(n, limit, device=device)
+            u = 2 * torch.rand(n, device=device, generator=generator) - 1  # the sign and the magnitude at once
+            return torch.sign(u) * (low + (high - low) * u.abs())
+        return random_rotations(n, high, generator, device, min_angle=low)
 
     def turns(self, angles: torch.Tensor) -> torch.Tensor:
         """Group elements for turns by ``angles`` (N,) rad: the angles (SO2), or the rotations about y (SO3)."""

@@ -1,6 +1,7 @@
 """Run folders and checkpoints: what `emgroup train` writes and `emgroup analyze` reads back.
 
-A run folder holds ``config.json`` (model name, every option, box, pixel size, particles path, version),
+A run folder holds ``config.json`` (model name, the model's options and the training settings apart, box, pixel
+size, particles path, version; :func:`run_config` reads the older layout too),
 ``metrics.csv`` (one row per epoch) and ``checkpoints/last.pt`` (every epoch) / ``checkpoints/best.pt`` (on
 validation improvement). A checkpoint is a dict: ``model`` (state dict), ``optimizer``, ``scheduler``, ``scaler``
 (fp16 only), ``epoch`` (epochs completed), ``rng`` (per-rank RNG states), ``best`` (best monitored loss),
@@ -37,10 +38,17 @@ class TrainSettings:
     early_stop: int = 20  # epochs without improvement before training stops
 
 
-def run_model_options(config: dict) -> dict:
-    """The options of a run's model: its config's ``options`` less the :class:`TrainSettings`."""
+def run_config(config: dict) -> dict:
+    """``config`` in the current layout, ``model_options`` (the model's ``Config`` fields) and ``training`` (the
+    :class:`TrainSettings`) apart; a config written before they were (one ``options`` dict holding both) is split
+    into them, any other returned as it is."""
+    if "model_options" in config or not isinstance(config.get("options"), dict):
+        return config
     settings = {f.name for f in dataclasses.fields(TrainSettings)}
-    return {name: value for name, value in config["options"].items() if name not in settings}
+    options, rest = config["options"], {key: value for key, value in config.items() if key not in ("model", "options")}
+    return {"model": config.get("model"),
+            "model_options": {name: value for name, value in options.items() if name not in settings},
+            "training": {name: value for name, value in options.items() if name in settings}, **rest}
 
 
 CONFIG = "config.json"
@@ -79,9 +87,9 @@ def load_run(rundir, checkpoint: str = "best", device="cpu"):
     """
     path = checkpoint_path(rundir, checkpoint)
     state = load_checkpoint(path, device)
-    config = state["config"]
+    config = run_config(state["config"])
     try:
-        model = build_model(config["model"], run_model_options(config), config["box"])
+        model = build_model(config["model"], config["model_options"], config["box"])
     except ValueError as err:
         raise InputError(f"its config does not build a --model {config['model']}: {err}", path) from None
     model.load_state_dict(state["model"])
@@ -94,13 +102,13 @@ def write_config(rundir, config: dict) -> None:
         tmp.write_text(json.dumps(config, indent=2) + "\n")
 
 
-#: what every config.json holds (see the module docstring of emgroup.train.trainer)
-CONFIG_KEYS = ("model", "options", "box", "apix", "particles")
+#: what every config.json holds: the model's name and options (a dict), the training settings (a dict), the data
+CONFIG_KEYS = ("model", "model_options", "training", "box", "apix", "particles")
 
 
 def read_config(rundir) -> dict:
-    """The config of the run in ``rundir``; :class:`InputError` when there is none or it is not a run's config
-    (not JSON, or without :data:`CONFIG_KEYS`)."""
+    """The config of the run in ``rundir`` in the current layout (:func:`run_config`); :class:`InputError` when
+    there is none or it is not a run's config (not JSON, or without :data:`CONFIG_KEYS`)."""
     path = Path(rundir) / CONFIG
     if not path.is_file():
         raise InputError(f"no {CONFIG} (not an emgroup run folder)", rundir)
@@ -108,9 +116,11 @@ def read_config(rundir) -> dict:
         config = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as err:
         raise InputError(f"not a readable run config (not JSON: {err})", path) from None
-    missing = [key for key in CONFIG_KEYS if not isinstance(config, dict) or key not in config]
-    if missing or not isinstance(config["options"], dict):
-        raise InputError(f"not a run config (no {', '.join(missing or ['options'])} entry)", path)
+    config = run_config(config) if isinstance(config, dict) else {}
+    missing = [key for key in CONFIG_KEYS if key not in config]
+    missing += [key for key in ("model_options", "training") if key in config and not isinstance(config[key], dict)]
+    if missing:
+        raise InputError(f"not a run config (no {', '.join(missing)} entry)", path)
     return config
 
 

@@ -1,34 +1,15 @@
-"""Training data: the particle (or volume) stack a model needs, its train/val split, and batches streamed from the
-memory-mapped files (only the particles of one batch are ever read)."""
+"""Training data: the train/val split of a stack, and batches streamed from its memory-mapped files (only the
+particles of one batch are ever read)."""
 
 import numpy as np
 import torch
 
 from emgroup.data.ctf import stack_ctf_parameters
 from emgroup.data.preprocess import SPLIT_COLUMN, split_labels
-from emgroup.data.stack import ParticleStack
-from emgroup.data.volumes import VolumeStack
 from emgroup.errors import InputError
 
 #: validation fraction used when neither --val-fraction nor a split column is given
 DEFAULT_VAL_FRACTION = 0.1
-
-
-def open_particles(path, ndim: int, root=None):
-    """The stack for a model that trains on ``ndim``-D data: a ``ParticleStack`` of 2-D images, or a
-    ``VolumeStack`` of 3-D volumes; :class:`InputError` when the file holds the other kind."""
-    if ndim == 3:
-        try:
-            return VolumeStack.open(path, root=root)
-        except InputError as err:
-            raise InputError(f"{err.problem}; this model trains on 3-D volumes (`emgroup simulate --volumes` writes "
-                             "them)", err.path) from None
-    stack = ParticleStack.open(path, root=root)
-    dims = stack.optics.get("rlnImageDimensionality")
-    if dims is not None and (dims.to_numpy() == 3).any():
-        raise InputError("holds 3-D volumes (rlnImageDimensionality 3); this model trains on 2-D particle images",
-                         path)
-    return stack
 
 
 def split_indices(stack, val_fraction: float | None, seed: int) -> tuple[np.ndarray, np.ndarray]:

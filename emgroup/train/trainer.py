@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from emgroup import __version__
 from emgroup.data.ctf import DEFOCUS_LABELS, has_ctf
-from emgroup.data.stack import require_finite
+from emgroup.data.stack import Stack, require_finite
 from emgroup.devices import resolve_device
 from emgroup.errors import InputError
 from emgroup.io.atomic import atomic_path
@@ -32,9 +32,8 @@ from emgroup.models.registry import MODELS, model_class
 from emgroup.signals import sigterm_interrupts
 from emgroup.train import distributed
 from emgroup.train.checkpoint import (CHECKPOINTS, CONFIG, METRICS, TrainSettings, checkpoint_path, load_checkpoint,
-                                      read_config, rng_state, run_model_options, save_checkpoint, set_rng_state,
-                                      write_config)
-from emgroup.train.data import batch_loader, open_particles, split_indices
+                                      read_config, rng_state, save_checkpoint, set_rng_state, write_config)
+from emgroup.train.data import batch_loader, split_indices
 
 #: --precision -> autocast dtype (None: no autocast); fp16 applies on CUDA only
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -72,7 +71,7 @@ class Trainer:
             raise InputError(f"--batch-size {settings.batch_size} is smaller than the {world} processes")
         seed_everything(settings.seed)  # the same initial weights in every process
         try:
-            self.model = model_class(config["model"]).from_config(run_model_options(config), stack.box).to(self.device)
+            self.model = model_class(config["model"]).from_config(config["model_options"], stack.box).to(self.device)
         except ValueError as err:
             raise InputError(f"--model {config['model']}: {err}") from None
         distributed.init(self.processes, self.device)
@@ -321,15 +320,16 @@ def new_run(particles, rundir, model: str, model_options: dict, settings: TrainS
                      - {f.name for f in dataclasses.fields(cls.Config)})
     if foreign:
         raise InputError(f"{', '.join(map(_flag, foreign))}: not an option of --model {model}")
-    options = {**{k: v for k, v in model_options.items() if v is not None}, **dataclasses.asdict(settings)}
-    stack = open_particles(particles, cls.data_ndim(options), root)
+    options = {k: v for k, v in model_options.items() if v is not None}
+    stack = Stack.open(particles, cls.data_ndim(options), root)
     options["ctf"] = _resolve_ctf(options.get("ctf"), stack, particles)
-    config = {"model": model, "options": options, "box": stack.box, "apix": stack.apix,
+    config = {"model": model, "model_options": options, "training": dataclasses.asdict(settings),
+              "box": stack.box, "apix": stack.apix,
               "particles": str(Path(particles).resolve()), "root": None if root is None else str(root),
               "world_size": distributed.from_environment().world_size, "version": __version__}
     trainer = Trainer(config, settings, stack, rundir, progress)
     # record every model option, defaults included
-    config["options"] = {**dataclasses.asdict(trainer.model.config), **options}
+    config["model_options"] = {**dataclasses.asdict(trainer.model.config), **options}
     if trainer.processes.main:
         if force:
             for path in (rundir / CONFIG, rundir / METRICS):
@@ -353,7 +353,8 @@ def resume_run(rundir, changes: dict | None = None, *, particles=None, model: st
         raise InputError(f"holds a --model {config['model']} run, not {model}", rundir)
     if particles is not None and Path(particles).resolve() != Path(config["particles"]):
         raise InputError(f"the run in {rundir} was trained on {config['particles']}", particles)
-    stored = {"epoch_size": None, **config["options"]}  # runs from before --epoch-size train on every particle
+    # runs from before --epoch-size train on every particle
+    stored = {"epoch_size": None, **config["model_options"], **config["training"]}
     given = {**{k: v for k, v in (model_options or {}).items() if v is not None}, **(changes or {})}
     for name, value in given.items():
         if name not in RESUME_MAY_CHANGE and value != stored.get(name):
@@ -365,8 +366,8 @@ def resume_run(rundir, changes: dict | None = None, *, particles=None, model: st
         raise InputError(f"not a run config (its options lack {', '.join(missing)})", rundir / CONFIG)
     settings = TrainSettings(**{f.name: given.get(f.name, stored[f.name]) for f in dataclasses.fields(TrainSettings)})
     state = load_checkpoint(checkpoint_path(rundir, "last"))
-    stack = open_particles(config["particles"], model_class(config["model"]).data_ndim(stored), config.get("root"))
-    config = {**config, "options": {**stored, **dataclasses.asdict(settings)},
+    stack = Stack.open(config["particles"], model_class(config["model"]).data_ndim(stored), config.get("root"))
+    config = {**config, "training": dataclasses.asdict(settings),
               "world_size": distributed.from_environment().world_size}
     trainer = Trainer(config, settings, stack, rundir, progress)
     trainer.load_state(state)
