@@ -5,7 +5,7 @@ Data: the yardstick's closed/open adenylate-kinase mixture (:func:`cryoem.simula
 40 px at 2.5 Å/px, uniform in-plane rotation, 1.5 px shifts, then `emgroup preprocess`) at SNR 0.3 and 0.1,
 2,000 particles each, seed 0; `simulate`'s clean.mrcs (the particles without CTF and noise) is the truth.
 
-* emgroup: spatial-VAE with the yardstick's settings (z 1, 12 epochs, bf16; :data:`cryoem.MODELS`), then
+* emgroup: spatial-VAE with the yardstick's settings (z 1, 12 epochs; :data:`cryoem.MODELS`) in fp32, then
   `emgroup analyze --clusters 2`, which writes the denoised particles (each particle's reconstruction, without
   the CTF), the clusters and the CTF-corrected class averages (:func:`cryoem.run_model`); its wall time is
   training plus analysis, the same for both tables.
@@ -57,7 +57,8 @@ TUNE_FRACTION = 0.1
 FRC_THRESHOLD = 0.5
 FULL = {"n_particles": 2000, "epochs": 12}
 QUICK = {"n_particles": 400, "epochs": 3}
-DENOISING_COLUMNS = ["data", "method", "cutoff_A", "r_clean", "r_clean_ctf", "frc_clean_A", "frc_clean_ctf_A", "seconds"]
+DENOISING_COLUMNS = ["data", "method", "cutoff_A", "r_clean", "r_clean_ctf", "frc_clean_A", "frc_clean_ctf_A",
+                     "seconds"]
 CLASS_COLUMNS = ["data", "method", "state_accuracy", "class_resolution_A", "class_r", "seconds"]
 
 
@@ -125,7 +126,8 @@ def class_scores(averages: np.ndarray, means: np.ndarray, box: int) -> dict:
             "class_r": float(r[classes, states].mean()), "class_state": states.tolist()}
 
 
-def run_set(data: str, folder: Path, n: int, epochs: int, seed: int, threads: int) -> tuple[list, list]:
+def run_set(data: str, folder: Path, n: int, epochs: int, precision: str, seed: int,
+            threads: int) -> tuple[list, list]:
     """The denoising rows and the class rows of one set."""
     kind, snr = SETS[data]
     particles = simulate(folder, kind, snr, n, seed, threads)
@@ -137,7 +139,8 @@ def run_set(data: str, folder: Path, n: int, epochs: int, seed: int, threads: in
 
     name, (model, options, train) = "spatial", MODELS["spatial"]
     start = time.perf_counter()
-    ours = run_model(name, model, options, {**train, "epochs": epochs}, particles, folder, "mix", seed, threads)
+    train = {**train, "epochs": epochs, "precision": precision}
+    ours = run_model(name, model, options, train, particles, folder, "mix", seed, threads)
     ours_seconds = time.perf_counter() - start
     analysis = folder / "analysis" / name
 
@@ -181,6 +184,9 @@ def run_set(data: str, folder: Path, n: int, epochs: int, seed: int, threads: in
 @click.option("-n", "--n-particles", type=click.IntRange(20), help=f"Particles per set [default: "
               f"{FULL['n_particles']}].")
 @click.option("--epochs", type=click.IntRange(1), help=f"spatial-VAE's epochs [default: {FULL['epochs']}].")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="spatial-VAE's `emgroup train --precision` (bf16 pays on CPUs with AMX or AVX512-BF16 only; the "
+              "yardstick's rows were trained in bf16).")
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
               help="CPU threads of every step (emgroup, Topaz, relion_refine --j).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the data, training, analysis and RELION.")
@@ -188,12 +194,12 @@ def run_set(data: str, folder: Path, n: int, epochs: int, seed: int, threads: in
               show_default=True, help="Folder for data, runs and analyses.")
 @click.option("--output", type=click.Path(dir_okay=False),
               help="JSON of the figures [default: benchmarks/results/peers.json, or peers_quick.json].")
-def main(sets, quick, n_particles, epochs, threads, seed, workdir, output):
+def main(sets, quick, n_particles, epochs, precision, threads, seed, workdir, output):
     settings = QUICK if quick else FULL
     n, epochs = n_particles or settings["n_particles"], epochs or settings["epochs"]
     denoising, classes = [], []
     for data in choose(sets, [s for s in SETS if s.startswith("mix")], "set"):
-        rows = run_set(data, Path(workdir) / data, n, epochs, seed, threads)
+        rows = run_set(data, Path(workdir) / data, n, epochs, precision, seed, threads)
         denoising += rows[0]
         classes += rows[1]
         print(f"done: {data}", flush=True)
@@ -202,6 +208,7 @@ def main(sets, quick, n_particles, epochs, threads, seed, workdir, output):
     print_table(classes, CLASS_COLUMNS)
     output = output or RESULTS / ("peers_quick.json" if quick else "peers.json")
     write_results(output, {"mode": "quick" if quick else "full", "n_particles": n, "epochs": epochs,
+                           "precision": precision,
                            "threads": threads, "seed": seed, "cutoffs_A": CUTOFFS_A, "tune_fraction": TUNE_FRACTION,
                            "frc_threshold": FRC_THRESHOLD, "relion_2d": RELION_2D, "denoising": denoising,
                            "classes": classes})

@@ -1,8 +1,8 @@
 """Evaluation metrics against known truth: pose correlations, clustering accuracy, latent-conformation correlation,
 image correlation and Fourier ring correlation (FRC).
 
-All functions take numpy arrays and return Python floats (or dicts of them; per-image figures as arrays). Angles are in radians, shifts in
-pixels. The definitions follow the papers whose numbers we compare with (see ``../shared/DESIGN.md``).
+All functions take numpy arrays and return Python floats (or dicts of them; per-image figures as arrays). Angles
+are in radians, shifts in pixels. The definitions follow the papers whose numbers we compare with (see ``../shared/DESIGN.md``).
 """
 
 import numpy as np
