@@ -25,7 +25,7 @@ averaged; the average first aligned to it in rotation (1°) and shift; classes m
 correlation). 0.5, not 0.143: the reference is the noise-free truth, not an independent half (0.143 between half
 maps corresponds to 0.5 against the truth).
 
-    python benchmarks/peers.py                 # both SNRs, 1,000 particles each (about 40 minutes on one core)
+    python benchmarks/peers.py                 # both SNRs, 1,000 particles each (44 minutes on one busy core)
     python benchmarks/peers.py --quick         # 300 particles, 2 epochs (a check of the pipeline, minutes)
 """
 
@@ -55,7 +55,7 @@ CUTOFFS_A = (50.0, 40.0, 30.0, 25.0, 20.0, 16.0, 13.0, 10.0, 8.0, 6.0)
 TUNE_FRACTION = 0.1
 #: FRC threshold against the noise-free truth
 FRC_THRESHOLD = 0.5
-#: sized for one core of a CPU without bf16 units (an AMD EPYC: 6 particles/s in training); the yardstick trains
+#: sized for one core of a CPU without bf16 units (an AMD EPYC: 6-9 particles/s in training); the yardstick trains
 #: 5,000 particles for 12 epochs
 FULL = {"n_particles": 1000, "epochs": 6}
 QUICK = {"n_particles": 300, "epochs": 2}
