@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from emgroup.analysis.metrics import (best_latent_correlation, circular_correlation, circular_correlation_uniform,
-                                      clustering_accuracy, image_correlation, pearson, pose_metrics)
+                                      clustering_accuracy, fourier_ring_correlation, frc_resolution,
+                                      image_correlation, pearson, pose_metrics)
 from emgroup.geometry import wrap_angle
 
 
@@ -84,3 +85,32 @@ def test_pose_metrics_and_image_correlation():
     images = rng.normal(size=(3, 8, 8))
     assert np.allclose(image_correlation(images, 2 * images + 5), 1.0)
     assert np.all(np.abs(image_correlation(images, rng.normal(size=(3, 8, 8)))) < 0.5)
+
+
+@pytest.mark.parametrize("box", [8, 9])
+def test_fourier_ring_correlation_matches_the_full_spectrum(box):
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=(2, 3, box, box))
+    fa, fb = np.fft.fft2(a), np.fft.fft2(b)
+    k = np.fft.fftfreq(box) * box
+    ring = np.rint(np.hypot(*np.meshgrid(k, k, indexing="ij")))
+    expected = [[np.real(np.sum((x * np.conj(y))[ring == r])) / np.sqrt(np.sum(np.abs(x[ring == r]) ** 2)
+                                                                     * np.sum(np.abs(y[ring == r]) ** 2))
+                 for r in range(box // 2 + 1)] for x, y in zip(fa, fb)]
+    assert np.allclose(fourier_ring_correlation(a, b), expected)
+
+
+def test_fourier_ring_correlation_is_per_ring_and_scale_free():
+    rng = np.random.default_rng(6)
+    image = rng.normal(size=(16, 16))
+    k = np.fft.fftfreq(16) * 16
+    ring = np.rint(np.hypot(*np.meshgrid(k, k, indexing="ij")))
+    flipped = np.real(np.fft.ifft2(np.fft.fft2(image) * np.where(ring >= 5, -1.0, 1.0)))  # rings 5.. negated
+    assert np.allclose(fourier_ring_correlation(image, 3 * flipped), np.where(np.arange(9) >= 5, -1.0, 1.0))
+
+
+def test_frc_resolution_interpolates_the_crossing():
+    curve = [1.0, 0.9, 0.8, 0.6, 0.4, 0.1]
+    assert frc_resolution(curve, box=10, apix=2.0) == pytest.approx(10 * 2.0 / 3.5)  # 0.5 halfway from ring 3 to 4
+    assert frc_resolution(curve, box=10, apix=2.0, threshold=0.143) == pytest.approx(20 / (4 + 0.257 / 0.3))
+    assert frc_resolution([1.0, 0.9, 0.8], box=4, apix=2.0) == 4.0  # never below: Nyquist

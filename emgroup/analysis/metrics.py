@@ -1,7 +1,8 @@
-"""Evaluation metrics against known truth: pose correlations, clustering accuracy, latent-conformation correlation.
+"""Evaluation metrics against known truth: pose correlations, clustering accuracy, latent-conformation correlation,
+image correlation and Fourier ring correlation (FRC).
 
-All functions take numpy arrays and return Python floats (or dicts of them). Angles are in radians, shifts in
-pixels. The definitions follow the papers whose numbers we compare with (see ``../shared/DESIGN.md``).
+All functions take numpy arrays and return Python floats (or dicts of them; per-image figures as arrays). Angles
+are in radians, shifts in pixels. The definitions follow the papers whose numbers we compare with (see ``../shared/DESIGN.md``).
 """
 
 import numpy as np
@@ -82,3 +83,34 @@ def image_correlation(a, b) -> np.ndarray:
     b = np.asarray(b, dtype=np.float64).reshape(len(b), -1)
     a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
     return np.sum(a * b, 1) / np.sqrt(np.sum(a * a, 1) * np.sum(b * b, 1))
+
+
+def fourier_ring_correlation(a, b) -> np.ndarray:
+    """Fourier ring correlation (..., D // 2 + 1) of image stacks ``a`` and ``b`` (..., D, D), pair by pair: ring k
+    holds the frequencies of radius within half a step of k / (D · apix) Å⁻¹ (ring 0: the mean)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    box = a.shape[-1]
+    fa, fb = np.fft.rfft2(a), np.fft.rfft2(b)
+    ky, kx = np.meshgrid(np.fft.fftfreq(box) * box, np.fft.rfftfreq(box) * box, indexing="ij")
+    ring = np.rint(np.hypot(ky, kx)).astype(int)
+    # (frequencies, rings): rfft2 holds each column but kx = 0 (and kx = D/2, D even) for two conjugate halves
+    twice = np.where((kx == 0) | (kx == box / 2), 1.0, 2.0)
+    rings = (ring.ravel()[:, None] == np.arange(box // 2 + 1)) * twice.ravel()[:, None]
+
+    def ring_sum(values):
+        return values.reshape(*values.shape[:-2], -1) @ rings
+
+    cross = ring_sum(np.real(fa * np.conj(fb)))
+    return cross / np.sqrt(ring_sum(np.abs(fa) ** 2) * ring_sum(np.abs(fb) ** 2))
+
+
+def frc_resolution(frc, box: int, apix: float, threshold: float = 0.5) -> float:
+    """Resolution (Å) where an FRC curve ``frc`` (D // 2 + 1,) of images of ``box`` pixels of ``apix`` Å first falls
+    below ``threshold`` (linear between rings, ring 0 ignored); Nyquist (2 · apix) when it never does."""
+    frc = np.asarray(frc, dtype=float)
+    below = np.flatnonzero(frc[1:] < threshold)
+    if not len(below):
+        return 2.0 * apix
+    k = below[0] + 1
+    crossing = k - 1 + (frc[k - 1] - threshold) / (frc[k - 1] - frc[k]) if k > 1 else 1.0
+    return box * apix / crossing
