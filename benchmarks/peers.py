@@ -44,7 +44,7 @@ from emgroup.analysis.frames import class_frames
 from emgroup.analysis.metrics import fourier_ring_correlation, frc_resolution, image_correlation
 from emgroup.data.ctf import stack_ctf
 from emgroup.data.poses import model_from_relion
-from emgroup.data.stack import ParticleStack
+from emgroup.data.stack import Stack
 from emgroup.data.transforms import align_images, transform_images
 from emgroup.io.mrc import open_stack
 
@@ -99,7 +99,7 @@ def denoising_scores(denoised: np.ndarray, clean: np.ndarray, clean_ctf: np.ndar
     return row
 
 
-def clean_means(clean: np.ndarray, star: ParticleStack) -> np.ndarray:
+def clean_means(clean: np.ndarray, star: Stack) -> np.ndarray:
     """(S, D, D): the clean particles of each true state brought to pose 0 by their true poses and averaged."""
     meta = star.meta
     theta, shift = model_from_relion(meta["rlnAnglePsi"], meta["rlnOriginXAngst"], meta["rlnOriginYAngst"], APIX)
@@ -133,7 +133,7 @@ def run_set(data: str, folder: Path, n: int, epochs: int, precision: str, seed: 
     """The denoising rows and the class rows of one set."""
     kind, snr = SETS[data]
     particles = simulate(folder, kind, snr, n, seed, threads)
-    stack = ParticleStack.open(particles)
+    stack = Stack.open(particles)
     images, clean = stack.images(), np.asarray(open_stack(folder / "prep" / "clean.mrcs"), dtype=np.float32)
     box = stack.box
     clean_ctf = np.fft.irfft2(np.fft.rfft2(clean) * stack_ctf(stack), s=(box, box)).astype(np.float32)
