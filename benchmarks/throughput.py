@@ -6,9 +6,10 @@ per group P4/P8/P16, kernel and padding at the paper's 28/50 and 8/50 of the box
 rows also split a training step into encoder forward, the rest of the forward (sample, generator, likelihood, KL)
 and backward. The ``reference`` rows time a faithful re-implementation of the public TARGET-VAE code's hot path:
 kernels rotated one rotation at a time, a direct channels-first convolution, Conv3d 1x1x1 layers and heads, a soft
-Gumbel-softmax expectation over the cells, and the same generator (1024 Fourier features, 2 x 512) computed layer by
-layer with every intermediate stored. The lifting convolution alone is also timed both ways (direct and FFT) per
-device.
+Gumbel-softmax expectation over the cells, and the same generator (1024 Fourier features, 2 x 512, or as many layers
+as ``--option generator_layers=N`` gives) computed layer by layer with every intermediate stored. The lifting
+convolution alone is also timed both ways (direct and FFT) per device. Peak memory is the row's growth of peak
+resident memory from the start of its measurement (imports, the model and the data excluded).
 
     python benchmarks/throughput.py [--quick] [--sizes 40 64 100] [--devices cpu cuda] [--batch N] [--threads 2]
 
@@ -27,9 +28,9 @@ import sys
 import time
 from pathlib import Path
 
+from common import RESULTS, write_results
 from emgroup.cli.main import MALLOC_ENV
 
-RESULTS = Path(__file__).resolve().parent / "results"
 #: particles per batch: (quick, full) per device
 BATCH = {"cpu": (4, 16), "cuda": (100, 100)}
 TARGET_GROUPS = ("P4", "P8", "P16")
@@ -49,7 +50,7 @@ def rows(models: list[str]) -> list[tuple[str, dict]]:
     return out
 
 
-def reference_target(box: int, rotations: int, device: str):
+def reference_target(box: int, rotations: int, device: str, generator_layers: int = 2):
     """The public TARGET-VAE hot path, for timing: returns ``step(images) -> loss`` and ``encode(images)``."""
     import torch
     import torch.nn.functional as F
@@ -64,8 +65,10 @@ def reference_target(box: int, rotations: int, device: str):
     freq = torch.randn(2, 1024, device=device) / pixel_size(box)
     phase = 2 * math.pi * torch.rand(1024, device=device)
     coords_layer, latent_layer = torch.nn.Linear(1024, 512), torch.nn.Linear(z_dim, 512, bias=False)
-    body = torch.nn.Sequential(torch.nn.LeakyReLU(0.2), torch.nn.Linear(512, 512), torch.nn.LeakyReLU(0.2),
-                               torch.nn.Linear(512, 1))
+    hidden = [torch.nn.LeakyReLU(0.2)]
+    for _ in range(generator_layers - 1):
+        hidden += [torch.nn.Linear(512, 512), torch.nn.LeakyReLU(0.2)]
+    body = torch.nn.Sequential(*hidden, torch.nn.Linear(512, 1))
     modules = torch.nn.ModuleList([conv2, heads, coords_layer, latent_layer, body]).to(device)
 
     def generator(coords, z):
@@ -107,10 +110,20 @@ def reference_target(box: int, rotations: int, device: str):
     return [weight, *modules.parameters()], step, encode, encoder
 
 
+def option_value(text: str):
+    """A --option value: a number or boolean as JSON reads it, anything else the text itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def measure(label: str, spec: dict, box: int, device: str, batch: int, repeats: int, threads: int,
-            precision: str = "fp32") -> dict:
+            precision: str = "fp32", model_options: dict | None = None) -> dict:
     """One row, in this process: seconds per batch of each phase, particles/s, peak memory (MiB). ``precision``
-    autocasts the model as `emgroup train --precision` does (the reference stays fp32)."""
+    autocasts the model as `emgroup train --precision` does (the reference stays fp32); ``model_options`` are
+    given to every registered model (e.g. ``generator_layers``)."""
+    model_options = model_options or {}
     import contextlib
 
     import torch
@@ -125,13 +138,14 @@ def measure(label: str, spec: dict, box: int, device: str, batch: int, repeats: 
     images = torch.rand(batch, box, box, generator=torch.Generator().manual_seed(0)).to(device)
     split = None
     if spec["model"] == "reference":
-        params, loss, encode, encoder = reference_target(box, rotations, device)
+        layers = model_options.get("generator_layers", 2)
+        params, loss, encode, encoder = reference_target(box, rotations, device, layers)
     elif spec["model"] == "lifting":
         layer = LiftingConv(1, 128, round(0.56 * box), round(0.16 * box), rotations, fft=spec["fft"]).to(device)
         params, encode = list(layer.parameters()), lambda x: layer(x[:, None])
         loss = lambda x: layer(x[:, None]).square().mean()  # noqa: E731
     else:
-        options = {"group": spec["group"]} if "group" in spec else {}
+        options = ({"group": spec["group"]} if "group" in spec else {}) | model_options
         model = build_model(spec["model"], options, box).to(device)
         params, encode = list(model.parameters()), model.encode
         loss = lambda x: model.loss({"images": x, "index": torch.arange(len(x))})["loss"]  # noqa: E731
@@ -190,7 +204,7 @@ def measure(label: str, spec: dict, box: int, device: str, batch: int, repeats: 
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - baseline)
     row = {"row": label, "box": box, "device": device, "precision": precision, "batch": batch, "threads": threads,
            "train_particles_per_s": batch / seconds["train"], "inference_particles_per_s": batch / seconds["inference"],
-           "peak_memory_mib": peak, "seconds_per_batch": seconds}
+           "peak_memory_mib": peak, "seconds_per_batch": seconds, "model_options": model_options}
     if split:  # forward-only timings are without autograd bookkeeping; backward is the rest of the step
         row["split_seconds"] = {"encoder_forward": seconds["encoder"],
                                 "generator_and_loss_forward": seconds["forward"] - seconds["encoder"],
@@ -209,6 +223,10 @@ def main():
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="Autocast of the "
                         "models, as `emgroup train --precision` (bf16 on CUDA and the CPU, fp16 on CUDA only; the "
                         "reference rows stay fp32).")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="A model option for "
+                        "every registered model's row, as in `emgroup train` (e.g. generator_layers=6); repeatable.")
+    parser.add_argument("--repeats", type=int, help="Timed repeats per phase, the fastest kept [default: 1 quick, "
+                        "3 full].")
     parser.add_argument("--models", nargs="+", default=None, help="Registered models [default: all].")
     parser.add_argument("--match", default="", help="Only the rows whose label contains this text.")
     parser.add_argument("--output", type=Path, default=None, help="JSON path [default: benchmarks/results/"
@@ -221,9 +239,9 @@ def main():
 
     import torch
 
-    from common import write_results  # not in the --row children: its imports would count in their peak memory
     from emgroup.models import registry
 
+    model_options = {key: option_value(value) for key, value in (item.split("=", 1) for item in args.option)}
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     results = []
     for device in devices:
@@ -233,7 +251,8 @@ def main():
                 if args.match not in label:
                     continue
                 job = {"label": label, "spec": spec, "box": box, "device": device, "batch": batch,
-                       "repeats": 1 if args.quick else 3, "threads": args.threads, "precision": args.precision}
+                       "repeats": args.repeats or (1 if args.quick else 3), "threads": args.threads,
+                       "precision": args.precision, "model_options": model_options}
                 done = subprocess.run([sys.executable, __file__, "--row", json.dumps(job)], capture_output=True,
                                       text=True, env=os.environ | MALLOC_ENV)  # as the `emgroup` command runs
                 if done.returncode:
