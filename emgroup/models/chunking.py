@@ -22,9 +22,9 @@ def chunk_size(n: int, item_bytes: float) -> int:
 
 def chunked(fn, *tensors: torch.Tensor, item_bytes: float) -> torch.Tensor:
     """``fn(*tensors)`` for tensors whose first dimension indexes images, computed :func:`chunk_size` images at a time
-    and concatenated (``fn`` maps each image independently and returns one tensor). With gradients on, a chunk keeps
-    only its inputs and output: its intermediates are recomputed when the backward pass reaches it, so the gradient
-    is the straightforward computation's (up to the order of floating-point sums)."""
+    and written into one output (``fn`` maps each image independently and returns one tensor). With gradients on, a
+    chunk keeps only its inputs and output: its intermediates are recomputed when the backward pass reaches it, so
+    the gradient is the straightforward computation's (up to the order of floating-point sums)."""
     n = len(tensors[0])
     size = chunk_size(n, item_bytes)
     if size >= n:
