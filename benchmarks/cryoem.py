@@ -52,9 +52,9 @@ SETS = {"mix-snr0.3": ("mix", 0.3), "traj-snr0.3": ("traj", 0.3), "mix-snr0.1": 
         "traj-snr0.1": ("traj", 0.1)}
 #: benchmark row -> (registered model, model options, training settings); z_dim 1 (one conformational coordinate)
 MODELS = {
-    "spatial": ("spatial", {"z_dim": 1}, {"epochs": 12, "precision": "bf16"}),
-    "target-P8": ("target", {"z_dim": 1, "group": "P8"}, {"epochs": 10, "precision": "bf16", "lr": 2e-4}),
-    "target-P16": ("target", {"z_dim": 1, "group": "P16"}, {"epochs": 5, "precision": "bf16", "lr": 2e-4}),
+    "spatial": ("spatial", {"z_dim": 1}, {"epochs": 12, "precision": "auto"}),
+    "target-P8": ("target", {"z_dim": 1, "group": "P8"}, {"epochs": 10, "precision": "auto", "lr": 2e-4}),
+    "target-P16": ("target", {"z_dim": 1, "group": "P16"}, {"epochs": 5, "precision": "auto", "lr": 2e-4}),
     "vae": ("vae", {"z_dim": 1}, {"epochs": 30, "precision": "fp32"}),
 }
 #: the set that alone gets the rows of FIRST_SET_ONLY and those without the CTF (whatever the order of --sets)
@@ -145,9 +145,10 @@ def run_model(name: str, model: str, options: dict, train: dict, particles: Path
     row = score(kind, particles_out, truth(particles_out), seed, latents)
     metrics = json.loads((out / "metrics.json").read_text())
     history = pd.read_csv(run / "metrics.csv")
+    precision = json.loads((run / "config.json").read_text())["training"]["precision"]
     return {**row, "denoised_r": metrics.get("denoised_clean_correlation"), "train_seconds": seconds,
-            "budget": f"{len(history)} epochs", "learning_curve": history[["epoch", "train_loss", "val_loss"]]
-            .to_dict("list")}
+            "budget": f"{len(history)} epochs", "precision": precision,
+            "learning_curve": history[["epoch", "train_loss", "val_loss"]].to_dict("list")}
 
 
 def run_relion(particles: Path, folder: Path, kind: str, seed: int, threads: int) -> dict:
@@ -188,6 +189,10 @@ def run_relion(particles: Path, folder: Path, kind: str, seed: int, threads: int
               "a few epochs, no RELION (about 5 minutes).")
 @click.option("-n", "--n-particles", default=5000, show_default=True, help="Particles per set.")
 @click.option("--threads", type=click.IntRange(1), default=2, show_default=True, help="CPU threads per run.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "auto"]),
+              help="Every row's `emgroup train --precision` [default: each row's own in MODELS: auto (bf16 on CPUs "
+              "with AMX or AVX512-BF16, fp32 elsewhere, where bf16 is emulated and slower) for spatial-VAE and "
+              "TARGET-VAE, fp32 for the VAE; each row records the precision it trained in].")
 @click.option("--seed", default=0, show_default=True, help="Seed of the data, training and analysis.")
 @click.option("--resume", is_flag=True, help="Keep the rows already in --workdir (rows/*.json) instead of redoing "
               "them.")
@@ -197,7 +202,8 @@ def run_relion(particles: Path, folder: Path, kind: str, seed: int, threads: int
               show_default=True, help="Folder for data, runs and analyses.")
 @click.option("--output", type=click.Path(dir_okay=False),
               help="JSON of the figures [default: benchmarks/results/cryoem.json, or cryoem_quick.json].")
-def main(sets, models, relion, ctf_ablation, quick, n_particles, threads, seed, resume, collect, workdir, output):
+def main(sets, models, relion, ctf_ablation, quick, n_particles, threads, precision, seed, resume, collect, workdir,
+         output):
     sets, models = choose(sets, SETS, "set"), choose(models, MODELS, "model")
     if quick:
         sets, models, relion, n_particles = QUICK["sets"], QUICK["models"], QUICK["relion"], QUICK["n_particles"]
@@ -230,6 +236,7 @@ def main(sets, models, relion, ctf_ablation, quick, n_particles, threads, seed, 
                     row = run_relion(particles, folder, kind, seed, threads)
                 else:
                     train = {**train, "epochs": QUICK["epochs"].get(name, train["epochs"])} if quick else train
+                    train = {**train, "precision": precision} if precision else train
                     row = run_model(name, model, options, train, particles, folder, kind, seed, threads)
                 row = {"data": data, "model": name, **row, **provenance()}
                 cached.parent.mkdir(parents=True, exist_ok=True)
@@ -239,8 +246,8 @@ def main(sets, models, relion, ctf_ablation, quick, n_particles, threads, seed, 
     print_table(rows, COLUMNS)
     output = output or RESULTS / ("cryoem_quick.json" if quick else "cryoem.json")
     write_results(output, {**provenance(), "mode": "quick" if quick else "full", "n_particles": n_particles,
-                           "threads": threads,
-                           "seed": seed, "models": {name: MODELS[name] for name in models}, "relion_2d": RELION_2D,
+                           "threads": threads, "precision": precision, "seed": seed,
+                           "models": {name: MODELS[name] for name in models}, "relion_2d": RELION_2D,
                            "targets": TARGETS, "rows": rows})
     print(f"wrote {output}")
 

@@ -12,9 +12,10 @@ emgroup simulate -o "$out/simulated" --pdb2 "$pdb_open" --conformations 2 -n 300
 # Normalize (RELION convention) and hold out 10% for validation.
 emgroup preprocess "$out/simulated/particles.star" -o "$out/preprocessed" --val-fraction 0.1
 # spatial-VAE with one conformational latent; the particles carry defocus, so the CTF is modelled, and the
-# pose is found by the default search over 64 in-plane angles and all shifts. bf16 on the CPU.
+# pose is found by the default search over 64 in-plane angles and all shifts. bf16 where the CPU computes it
+# natively (AMX or AVX512-BF16), else fp32.
 emgroup train "$out/preprocessed/particles.star" -o "$out/run" --force --model spatial --z-dim 1 \
-    --epochs 8 --precision bf16 --seed 0
+    --epochs 8 --precision auto --seed 0
 # Poses, clusters, class averages, denoised particles and figures for RELION/cryoSPARC; metrics.json
 # compares them with the simulated truth.
 emgroup analyze "$out/run" -o "$out/analysis" --clusters 2

@@ -21,6 +21,7 @@ from emgroup.models.spatial_vae import SpatialVAE
 from emgroup.models.vae import VAE
 from emgroup.train.checkpoint import TrainSettings, load_checkpoint, load_run, save_checkpoint
 from emgroup.train.data import EpochBatches, StackBatches, split_indices
+from emgroup.train import trainer as trainer_module
 from emgroup.train.trainer import new_run
 
 SMALL = ["--hidden", 32, "--batch-size", 25, "--no-progress"]
@@ -97,6 +98,17 @@ def test_bf16_autocast_on_the_cpu_trains_like_fp32(run_emgroup, tiny_particles, 
     assert not np.array_equal(bf16, fp32)  # ... which did happen: autocast was on
     model, _ = load_run(runs["bf16"])
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: fp32 weights
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_precision_auto_trains_in_bf16_only_where_the_cpu_computes_it_natively(run_emgroup, tiny_particles, tmp_path,
+                                                                              monkeypatch, native):
+    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: native)
+    result = run_emgroup("train", tiny_particles, "-o", tmp_path / "run", "--model", "vae", "--epochs", 1,
+                         "--precision", "auto", "--device", "cpu", *SMALL)
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["training"]["precision"] == ("bf16" if native else "fp32")
 
 
 def _losses(run):

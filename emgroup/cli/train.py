@@ -133,10 +133,11 @@ _PARAMS = [
                  help="auto (the GPU when there is one), cpu, cuda or cuda:N; under torchrun process r takes GPU r."),
     click.Option(["--num-workers"], type=click.IntRange(0), default=DEFAULTS.num_workers, show_default=True,
                  help="DataLoader processes reading batches from the stack (0: read in the training process)."),
-    click.Option(["--precision"], type=click.Choice(list(PRECISIONS)), default=DEFAULTS.precision,
+    click.Option(["--precision"], type=click.Choice([*PRECISIONS, "auto"]), default=DEFAULTS.precision,
                  show_default=True, help="Autocast precision: bf16 on CUDA and on CPUs with AMX/AVX512-BF16 "
                  "(TARGET-VAE 2.5x faster on 2 such cores, see docs/train.md); fp16 on CUDA only, with gradient "
-                 "scaling."),
+                 "scaling; auto: bf16 where the device computes it natively, else fp32 (config.json records "
+                 "which)."),
     click.Option(["--val-fraction"], type=FiniteFloat(0, 1, max_open=True), default=None,
                  help="Fraction of particles held out for validation (seeded random choice). [default: the "
                       "rlnEmgroupSplit column written by `emgroup preprocess`, else 0.1]"),

@@ -32,7 +32,7 @@ class TrainSettings:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_workers: int = 0  # DataLoader worker processes
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 on CUDA only)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 on CUDA only) | auto (resolved by the Trainer)
     val_fraction: float | None = None  # None: the preprocess split column, else 0.1
     plateau_patience: int = 10  # epochs without improvement before the learning rate is halved
     early_stop: int = 20  # epochs without improvement before training stops

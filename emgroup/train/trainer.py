@@ -61,10 +61,13 @@ class Trainer:
     :func:`resume_run`, then call :meth:`fit`."""
 
     def __init__(self, config: dict, settings: TrainSettings, stack, rundir, progress: bool = True):
-        self.config, self.settings, self.stack = config, settings, stack
+        self.config, self.stack = config, stack
         self.rundir, self.progress = Path(rundir), progress
         self.processes = distributed.from_environment()
         self.device = resolve_device(settings.device, self.processes.local_rank, self.processes.world_size)
+        if settings.precision == "auto":
+            settings = dataclasses.replace(settings, precision=native_precision(self.device))
+        self.settings = settings
         train_idx, val_idx = split_indices(stack, settings.val_fraction, settings.seed)
         world = self.processes.world_size
         if settings.batch_size < world:
@@ -290,6 +293,14 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return dtype if device.type == "cuda" or dtype == torch.bfloat16 else None
 
 
+def native_precision(device: torch.device) -> str:
+    """What ``--precision auto`` trains in on ``device``: bf16 where it computes bf16 natively (CUDA with bf16,
+    CPUs with AVX512-BF16 or AMX), fp32 elsewhere (a CPU without them emulates bf16, slower than fp32)."""
+    native = (torch.cuda.is_bf16_supported() if device.type == "cuda"
+              else device.type == "cpu" and bool(cpu_has_native_bf16()))
+    return "bf16" if native else "fp32"
+
+
 def cpu_has_native_bf16() -> bool | None:
     """Whether the CPU computes bf16 products natively (AVX512-BF16 or AMX; Linux only, else None)."""
     try:
@@ -313,8 +324,8 @@ def new_run(particles, rundir, model: str, model_options: dict, settings: TrainS
         raise InputError("holds another run; pass --resume to continue it or --force to replace it", rundir)
     if model not in MODELS:
         raise InputError(f"unknown model {model!r} (available: {', '.join(MODELS)})")
-    if settings.precision not in PRECISIONS:
-        raise InputError(f"--precision {settings.precision}: expected one of {', '.join(PRECISIONS)}")
+    if settings.precision not in (*PRECISIONS, "auto"):
+        raise InputError(f"--precision {settings.precision}: expected auto or one of {', '.join(PRECISIONS)}")
     cls = model_class(model)
     foreign = sorted(set(k for k, v in model_options.items() if v is not None)
                      - {f.name for f in dataclasses.fields(cls.Config)})
@@ -328,8 +339,9 @@ def new_run(particles, rundir, model: str, model_options: dict, settings: TrainS
               "particles": str(Path(particles).resolve()), "root": None if root is None else str(root),
               "world_size": distributed.from_environment().world_size, "version": __version__}
     trainer = Trainer(config, settings, stack, rundir, progress)
-    # record every model option, defaults included
+    # record every model option, defaults included, and the precision --precision auto chose
     config["model_options"] = {**dataclasses.asdict(trainer.model.config), **options}
+    config["training"] = dataclasses.asdict(trainer.settings)
     if trainer.processes.main:
         if force:
             for path in (rundir / CONFIG, rundir / METRICS):
