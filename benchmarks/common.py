@@ -161,6 +161,14 @@ def run_settings(quick: bool, epochs, seed: int, device: str, precision: str, qu
     return settings, train
 
 
+def option_value(text: str):
+    """A ``--option KEY=VALUE`` value: a number or boolean as JSON reads it, anything else the text itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def choose(text: str, known, what: str) -> list[str]:
     """The comma-separated names of ``text``, each checked against ``known``."""
     names = text.split(",")

@@ -3,12 +3,12 @@ and its clusters and class averages against RELION 2D classification.
 
 Data: the yardstick's closed/open adenylate-kinase mixture (:func:`cryoem.simulate`: `emgroup simulate` with a CTF,
 40 px at 2.5 Å/px, uniform in-plane rotation, 1.5 px shifts, then `emgroup preprocess`) at SNR 0.3 and 0.1,
-1,000 particles each, seed 0; `simulate`'s clean.mrcs (the particles without CTF and noise) is the truth.
+5,000 particles each (the yardstick's), seed 0; `simulate`'s clean.mrcs (the particles without CTF and noise) is the truth.
 
-* emgroup: spatial-VAE with the yardstick's settings (z 1; :data:`cryoem.MODELS`) for 6 epochs in fp32, then
+* emgroup: spatial-VAE with the yardstick's settings (z 1, 12 epochs; :data:`cryoem.MODELS`) and any ``--option``, then
   `emgroup analyze --clusters 2`, which writes the denoised particles (each particle's reconstruction, without
   the CTF), the clusters and the CTF-corrected class averages (:func:`cryoem.run_model`); its wall time is
-  training plus analysis, the same for both tables.
+  training plus analysis, the same for both tables; its pose figures are the yardstick's, beside RELION's.
 * Topaz-Denoise: the pretrained model `topaz denoise` uses by default (``unet``, U-net trained with an L2 loss on
   micrographs; ``pip install 'emgroup[peers]'``) on the preprocessed particles, 256 at a time.
 * low-pass: a Gaussian filter (amplitude 1/2 at the cutoff), the cutoff in :data:`CUTOFFS_A` that gives the best
@@ -25,12 +25,14 @@ averaged; the average first aligned to it in rotation (1°) and shift; classes m
 correlation). 0.5, not 0.143: the reference is the noise-free truth, not an independent half (0.143 between half
 maps corresponds to 0.5 against the truth).
 
-    python benchmarks/peers.py                 # both SNRs, 1,000 particles each (44 minutes on one busy core)
+    python benchmarks/peers.py                 # both SNRs, 5,000 particles each (hours on one core)
+    python benchmarks/peers.py --option hidden=256 --sets mix-snr0.3      # one set now, ...
+    python benchmarks/peers.py --option hidden=256 --resume               # ... the other later, one table
     python benchmarks/peers.py --quick         # 300 particles, 2 epochs (a check of the pipeline, minutes)
 """
 
+import json
 import time
-from importlib.resources import files
 from pathlib import Path
 
 import click
@@ -38,7 +40,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from common import REPO, RESULTS, choose, print_table, write_results
+from common import REPO, RESULTS, choose, option_value, print_table, write_results
 from cryoem import APIX, MODELS, RELION_2D, SETS, TRUTH, run_model, run_relion, simulate
 from emgroup.analysis.frames import class_frames
 from emgroup.analysis.metrics import fourier_ring_correlation, frc_resolution, image_correlation
@@ -55,9 +57,8 @@ CUTOFFS_A = (50.0, 40.0, 30.0, 25.0, 20.0, 16.0, 13.0, 10.0, 8.0, 6.0)
 TUNE_FRACTION = 0.1
 #: FRC threshold against the noise-free truth
 FRC_THRESHOLD = 0.5
-#: sized for one core of a CPU without bf16 units (an AMD EPYC: 6-9 particles/s in training); the yardstick trains
-#: 5,000 particles for 12 epochs
-FULL = {"n_particles": 1000, "epochs": 6}
+#: the yardstick's budget (5,000 particles, 12 epochs: :data:`cryoem.MODELS`)
+FULL = {"n_particles": 5000, "epochs": 12}
 QUICK = {"n_particles": 300, "epochs": 2}
 DENOISING_COLUMNS = ["data", "method", "cutoff_A", "r_clean", "r_clean_ctf", "frc_clean_A", "frc_clean_ctf_A",
                      "seconds"]
@@ -128,7 +129,7 @@ def class_scores(averages: np.ndarray, means: np.ndarray, box: int) -> dict:
             "class_r": float(r[classes, states].mean()), "class_state": states.tolist()}
 
 
-def run_set(data: str, folder: Path, n: int, epochs: int, precision: str, seed: int,
+def run_set(data: str, folder: Path, n: int, epochs: int, precision: str, model_options: dict, seed: int,
             threads: int) -> tuple[list, list]:
     """The denoising rows and the class rows of one set."""
     kind, snr = SETS[data]
@@ -142,7 +143,7 @@ def run_set(data: str, folder: Path, n: int, epochs: int, precision: str, seed: 
     name, (model, options, train) = "spatial", MODELS["spatial"]
     start = time.perf_counter()
     train = {**train, "epochs": epochs, "precision": precision}
-    ours = run_model(name, model, options, train, particles, folder, "mix", seed, threads)
+    ours = run_model(name, model, {**options, **model_options}, train, particles, folder, "mix", seed, threads)
     ours_seconds = time.perf_counter() - start
     analysis = folder / "analysis" / name
 
@@ -169,10 +170,13 @@ def run_set(data: str, folder: Path, n: int, epochs: int, precision: str, seed: 
 
     relion = run_relion(particles, folder, "mix", seed, threads)
     means = clean_means(clean, stack)
+    pose = ("rotation_uniform", "rotation_published", "shift_x", "shift_y")
     classes = [{"data": data, "method": "emgroup spatial-VAE", "state_accuracy": ours["state_accuracy"],
+                **{key: ours[key] for key in pose},
                 **class_scores(open_stack(analysis / "class_averages.mrcs"), means, box), "seconds": ours_seconds,
                 "train_seconds": ours["train_seconds"], "budget": ours["budget"]},
                {"data": data, "method": "RELION 2D", "state_accuracy": relion["state_accuracy"],
+                **{key: relion[key] for key in pose},
                 **class_scores(open_stack(folder / "relion2d" / "run_it025_classes.mrcs"), means, box),
                 "seconds": relion["train_seconds"], "budget": relion["budget"], "command": relion["command"]}]
     return denoising, classes
@@ -186,31 +190,43 @@ def run_set(data: str, folder: Path, n: int, epochs: int, precision: str, seed: 
 @click.option("-n", "--n-particles", type=click.IntRange(20), help=f"Particles per set [default: "
               f"{FULL['n_particles']}].")
 @click.option("--epochs", type=click.IntRange(1), help=f"spatial-VAE's epochs [default: {FULL['epochs']}].")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-              help="spatial-VAE's `emgroup train --precision` (bf16 pays on CPUs with AMX or AVX512-BF16 only; the "
-              "yardstick's rows were trained in bf16).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "auto"]), default="auto", show_default=True,
+              help="spatial-VAE's `emgroup train --precision` (auto: bf16 on CPUs with AMX or AVX512-BF16, else "
+              "fp32).")
+@click.option("--option", "model_options", multiple=True, metavar="KEY=VALUE",
+              help="A spatial-VAE option beside the yardstick's (`emgroup train --KEY VALUE`, e.g. hidden=256); "
+              "repeatable.")
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
               help="CPU threads of every step (emgroup, Topaz, relion_refine --j).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the data, training, analysis and RELION.")
+@click.option("--resume", is_flag=True, help="Keep the sets already done in --workdir (SET/rows.json) instead of "
+              "redoing them (after runs split over several invocations).")
 @click.option("--workdir", type=click.Path(file_okay=False), default=str(REPO / "runs" / "benchmarks" / "peers"),
               show_default=True, help="Folder for data, runs and analyses.")
 @click.option("--output", type=click.Path(dir_okay=False),
               help="JSON of the figures [default: benchmarks/results/peers.json, or peers_quick.json].")
-def main(sets, quick, n_particles, epochs, precision, threads, seed, workdir, output):
+def main(sets, quick, n_particles, epochs, precision, model_options, threads, seed, resume, workdir, output):
     settings = QUICK if quick else FULL
+    model_options = {key: option_value(value) for key, value in (item.split("=", 1) for item in model_options)}
     n, epochs = n_particles or settings["n_particles"], epochs or settings["epochs"]
     denoising, classes = [], []
     for data in choose(sets, [s for s in SETS if s.startswith("mix")], "set"):
-        rows = run_set(data, Path(workdir) / data, n, epochs, precision, seed, threads)
-        denoising += rows[0]
-        classes += rows[1]
+        cached = Path(workdir) / data / "rows.json"
+        if resume and cached.is_file():
+            done = json.loads(cached.read_text())
+        else:
+            done = dict(zip(("denoising", "classes"), run_set(data, Path(workdir) / data, n, epochs, precision,
+                                                              model_options, seed, threads)))
+            write_results(cached, done)
+        denoising += done["denoising"]
+        classes += done["classes"]
         print(f"done: {data}", flush=True)
     print_table(denoising, DENOISING_COLUMNS)
     print()
     print_table(classes, CLASS_COLUMNS)
     output = output or RESULTS / ("peers_quick.json" if quick else "peers.json")
     write_results(output, {"mode": "quick" if quick else "full", "n_particles": n, "epochs": epochs,
-                           "precision": precision,
+                           "precision": precision, "model_options": model_options,
                            "threads": threads, "seed": seed, "cutoffs_A": CUTOFFS_A, "tune_fraction": TUNE_FRACTION,
                            "frc_threshold": FRC_THRESHOLD, "relion_2d": RELION_2D, "denoising": denoising,
                            "classes": classes})

@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import RESULTS, write_results
+from common import RESULTS, option_value, write_results
 from emgroup.cli.main import MALLOC_ENV
 
 #: particles per batch: (quick, full) per device
@@ -108,14 +108,6 @@ def reference_target(box: int, rotations: int, device: str, generator_layers: in
         return theta[torch.arange(len(images)), :, best], z[torch.arange(len(images)), :, best]
 
     return [weight, *modules.parameters()], step, encode, encoder
-
-
-def option_value(text: str):
-    """A --option value: a number or boolean as JSON reads it, anything else the text itself."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def measure(label: str, spec: dict, box: int, device: str, batch: int, repeats: int, threads: int,
