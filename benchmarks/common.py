@@ -161,12 +161,19 @@ def run_settings(quick: bool, epochs, seed: int, device: str, precision: str, qu
     return settings, train
 
 
-def option_value(text: str):
-    """A ``--option KEY=VALUE`` value: a number or boolean as JSON reads it, anything else the text itself."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+def parse_options(items) -> dict:
+    """``--option KEY=VALUE`` items as a dict, each value a number or boolean as JSON reads it, anything else the
+    text itself; ValueError naming an item without ``=``."""
+    options = {}
+    for item in items:
+        key, equals, text = item.partition("=")
+        if not equals:
+            raise ValueError(f"--option {item!r}: expected KEY=VALUE")
+        try:
+            options[key] = json.loads(text)
+        except json.JSONDecodeError:
+            options[key] = text
+    return options
 
 
 def choose(text: str, known, what: str) -> list[str]:

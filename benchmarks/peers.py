@@ -3,12 +3,14 @@ and its clusters and class averages against RELION 2D classification.
 
 Data: the yardstick's closed/open adenylate-kinase mixture (:func:`cryoem.simulate`: `emgroup simulate` with a CTF,
 40 px at 2.5 Å/px, uniform in-plane rotation, 1.5 px shifts, then `emgroup preprocess`) at SNR 0.3 and 0.1,
-5,000 particles each (the yardstick's), seed 0; `simulate`'s clean.mrcs (the particles without CTF and noise) is the truth.
+5,000 particles each (the yardstick's), seed 0; `simulate`'s clean.mrcs (the particles without CTF and noise) is
+the truth.
 
-* emgroup: spatial-VAE with the yardstick's settings (z 1, 12 epochs; :data:`cryoem.MODELS`) and any ``--option``, then
-  `emgroup analyze --clusters 2`, which writes the denoised particles (each particle's reconstruction, without
+* emgroup: spatial-VAE with the yardstick's settings (z 1, 12 epochs; :data:`cryoem.MODELS`) and any
+  ``--option``, then `emgroup analyze --clusters 2`, which writes the denoised particles (each particle's reconstruction, without
   the CTF), the clusters and the CTF-corrected class averages (:func:`cryoem.run_model`); its wall time is
-  training plus analysis, the same for both tables; its pose figures are the yardstick's, beside RELION's.
+  training plus analysis, the same for both tables; its pose figures are the yardstick's, beside
+  RELION's.
 * Topaz-Denoise: the pretrained model `topaz denoise` uses by default (``unet``, U-net trained with an L2 loss on
   micrographs; ``pip install 'emgroup[peers]'``) on the preprocessed particles, 256 at a time.
 * low-pass: a Gaussian filter (amplitude 1/2 at the cutoff), the cutoff in :data:`CUTOFFS_A` that gives the best
@@ -40,7 +42,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from common import REPO, RESULTS, choose, option_value, print_table, write_results
+from common import REPO, RESULTS, choose, parse_options, print_table, write_results
 from cryoem import APIX, MODELS, RELION_2D, SETS, TRUTH, run_model, run_relion, simulate
 from emgroup.analysis.frames import class_frames
 from emgroup.analysis.metrics import fourier_ring_correlation, frc_resolution, image_correlation
@@ -207,7 +209,10 @@ def run_set(data: str, folder: Path, n: int, epochs: int, precision: str, model_
               help="JSON of the figures [default: benchmarks/results/peers.json, or peers_quick.json].")
 def main(sets, quick, n_particles, epochs, precision, model_options, threads, seed, resume, workdir, output):
     settings = QUICK if quick else FULL
-    model_options = {key: option_value(value) for key, value in (item.split("=", 1) for item in model_options)}
+    try:
+        model_options = parse_options(model_options)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
     n, epochs = n_particles or settings["n_particles"], epochs or settings["epochs"]
     denoising, classes = [], []
     for data in choose(sets, [s for s in SETS if s.startswith("mix")], "set"):

@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import RESULTS, option_value, write_results
+from common import RESULTS, parse_options, write_results
 from emgroup.cli.main import MALLOC_ENV
 
 #: particles per batch: (quick, full) per device
@@ -233,7 +233,10 @@ def main():
 
     from emgroup.models import registry
 
-    model_options = {key: option_value(value) for key, value in (item.split("=", 1) for item in args.option)}
+    try:
+        model_options = parse_options(args.option)
+    except ValueError as error:
+        parser.error(str(error))
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     results = []
     for device in devices:
