@@ -8,8 +8,8 @@ the truth.
 
 * emgroup: spatial-VAE with the yardstick's settings (z 1, 12 epochs; :data:`cryoem.MODELS`) and any
   ``--option``, then `emgroup analyze --clusters 2`, which writes the denoised particles (each particle's
-  reconstruction, without the CTF), the clusters and the CTF-corrected class averages (:func:`cryoem.run_model`); its wall time is
-  training plus analysis, the same for both tables; its pose figures are the yardstick's, beside
+  reconstruction, without the CTF), the clusters and the CTF-corrected class averages (:func:`cryoem.run_model`);
+  its wall time is training plus analysis, the same for both tables; its pose figures are the yardstick's, beside
   RELION's.
 * Topaz-Denoise: the pretrained model `topaz denoise` uses by default (``unet``, U-net trained with an L2 loss on
   micrographs; ``pip install 'emgroup[peers]'``) on the preprocessed particles, 256 at a time.
