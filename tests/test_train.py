@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from emgroup.ctf import ctf_rfft
+from emgroup.devices import cpu_memory_cap
 from emgroup.data.ctf import stack_ctf, stack_ctf_parameters
 from emgroup.data.preprocess import SPLIT_COLUMN
 from emgroup.data.stack import Stack
@@ -312,3 +313,34 @@ def test_micro_batches_take_the_same_optimisation_step(tiny_particles, tmp_path,
     for g_whole, g_micro in zip(whole_grads, micro_grads, strict=True):
         torch.testing.assert_close(g_micro, g_whole, rtol=1e-5, atol=1e-7)
     assert any(g.abs().max() > 0 for g in whole_grads)
+
+
+needs_proc = pytest.mark.skipif(not os.path.isfile("/proc/self/status"), reason="the memory cap needs Linux's /proc")
+
+
+@needs_proc
+def test_an_allocation_beyond_the_memory_cap_fails_as_torch_out_of_memory_and_the_cap_is_lifted_after():
+    import resource
+
+    before = resource.getrlimit(resource.RLIMIT_DATA)
+    with cpu_memory_cap(0.25) as cap:
+        assert cap is not None
+        torch.ones(2**24)  # 64 MiB: within the cap
+        with pytest.raises(RuntimeError) as failure:
+            torch.ones(2**28)  # 1 GiB: beyond it
+        assert trainer_module._out_of_memory(failure.value)
+    assert resource.getrlimit(resource.RLIMIT_DATA) == before
+    torch.ones(2**28)
+
+
+@needs_proc
+def test_a_batch_beyond_the_memory_limit_trains_in_announced_micro_batches(run_emgroup, tiny_particles, tmp_path):
+    """What the kernel's OOM killer would end on a machine with too little memory finishes in micro-batches: one
+    batch of 225 particles with 64 poses searched needs more than 0.15 GiB beyond the model and data."""
+    result = run_emgroup("train", tiny_particles, "-o", tmp_path / "run", "--model", "spatial", "--hidden", 64,
+                         "--batch-size", 225, "--epochs", 1, "--device", "cpu", "--memory-limit", 0.15,
+                         "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "out of memory on cpu with 225 particles at a time" in result.output
+    assert "continuing with micro-batches of" in result.output
+    assert len(pd.read_csv(tmp_path / "run" / "metrics.csv")) == 1

@@ -1,6 +1,7 @@
 """`emgroup train`: fit a model to a particle stack. The model options are generated from every registered
 model's ``Config`` (field ``z_dim`` -> ``--z-dim``; bool -> ``--flag/--no-flag``)."""
 
+import contextlib
 import dataclasses
 import sys
 import typing
@@ -9,6 +10,7 @@ from pathlib import Path
 import click
 
 from emgroup.cli.types import FiniteFloat
+from emgroup.devices import MEMORY_SHARE, cpu_memory_cap
 from emgroup.io.atomic import output_folder
 from emgroup.models import registry
 from emgroup.train.checkpoint import TrainSettings
@@ -54,11 +56,11 @@ MODEL_OPTIONS = _model_options()
 SETTINGS = [f.name for f in dataclasses.fields(TrainSettings)]
 
 
-def _train(particles, rundir, model, resume, force, root, progress, **options):
+def _train(particles, rundir, model, resume, force, root, progress, memory_limit, **options):
     if resume and force:
         raise click.UsageError("--resume and --force exclude each other")
     with output_folder(rundir):  # a new run that fails before its first checkpoint leaves no folder
-        _train_in(rundir, particles, model, resume, force, root, progress, options)
+        _train_in(rundir, particles, model, resume, force, root, progress, memory_limit, options)
 
 
 def _check_choices(model: str, model_options: dict) -> None:
@@ -71,7 +73,7 @@ def _check_choices(model: str, model_options: dict) -> None:
             raise click.UsageError(f"{flag} {value} is not a choice of --model {model}: {', '.join(choices)}")
 
 
-def _train_in(rundir, particles, model, resume, force, root, progress, options):
+def _train_in(rundir, particles, model, resume, force, root, progress, memory_limit, options):
     ctx = click.get_current_context()
     given = {name for name in options if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
     model_options = {name: options[name] for name in MODEL_OPTIONS}
@@ -97,8 +99,11 @@ def _train_in(rundir, particles, model, resume, force, root, progress, options):
             and cpu_has_native_bf16() is False):
         click.echo("note: this CPU has no native bf16 (AVX512-BF16 or AMX): --precision bf16 may be slower than "
                    "fp32 here", err=True)
+    cap = (cpu_memory_cap(memory_limit, trainer.processes.local_world_size) if trainer.device.type == "cpu" else
+           contextlib.nullcontext())
     try:
-        why = trainer.fit()
+        with cap:
+            why = trainer.fit()
     except KeyboardInterrupt:
         if main:
             click.echo(f"interrupted; {rundir / 'checkpoints' / 'last.pt'} holds epoch {trainer.saved_epoch} "
@@ -148,6 +153,12 @@ _PARAMS = [
     click.Option(["--resume"], is_flag=True,
                  help="Continue the run in RUNDIR from checkpoints/last.pt, exactly as if never stopped."),
     click.Option(["--force"], is_flag=True, help="Replace a run already in RUNDIR."),
+    click.Option(["--memory-limit"], type=FiniteFloat(0, min_open=True), default=None,
+                 help="CPU training: the most memory (GiB) the process may take beyond what it holds once the "
+                      "model and data are set up; a batch that needs more is split into micro-batches (announced) "
+                      "instead of the system killing the run. [default: "
+                      f"{MEMORY_SHARE:.0%} of the memory the system has available, shared by the processes on "
+                      "this node]"),
     click.Option(["--root"], type=FILE, default=None,
                  help="Folder tried first when resolving image paths in a STAR file."),
     click.Option(["--progress/--no-progress"], default=True, show_default=True,

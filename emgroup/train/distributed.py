@@ -13,11 +13,12 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class Processes:
-    """Where this process stands: ``rank`` of ``world_size``, ``local_rank`` on its node."""
+    """Where this process stands: ``rank`` of ``world_size``, ``local_rank`` of ``local_world_size`` on its node."""
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1
 
     @property
     def main(self) -> bool:
@@ -28,7 +29,8 @@ class Processes:
 def from_environment() -> Processes:
     """The torchrun layout of this process (one process when not under torchrun)."""
     env = os.environ
-    return Processes(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+    return Processes(*(int(env.get(name, default)) for name, default in
+                       (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0), ("LOCAL_WORLD_SIZE", 1))))
 
 
 def init(processes: Processes, device: torch.device) -> None:
