@@ -24,7 +24,7 @@ The peer: RELION 2D classification of the same stack (``relion_refine`` without 
 (traj: the frame predicted by its class's cross-validated mean) and its psi/origins like a pose.
 
     python benchmarks/cryoem.py --threads 2                    # the default sets, every row (hours on 2 cores)
-    python benchmarks/cryoem.py --quick                        # 1,500 particles, few epochs (about 5 minutes)
+    python benchmarks/cryoem.py --quick                        # 1,000 particles, few epochs (under 5 minutes)
     python benchmarks/cryoem.py --sets mix-snr0.3 --models spatial,target-P8 --no-relion
 """
 
@@ -65,8 +65,9 @@ FIRST_SET_ONLY = ("target-P16",)
 NO_CTF = ("spatial", "target-P8", "vae")
 #: the sets of a run without --sets (traj-snr0.1 on request: no target is set on it)
 DEFAULT_SETS = ("mix-snr0.3", "traj-snr0.3", "mix-snr0.1")
-QUICK = {"n_particles": 1500, "sets": ["mix-snr0.3"], "models": ["spatial", "vae"],
-         "epochs": {"spatial": 10, "vae": 10}, "relion": False}
+#: a check of the pipeline within 5 minutes on 2 CPU cores without bf16 units (fp32)
+QUICK = {"n_particles": 1000, "sets": ["mix-snr0.3"], "models": ["spatial", "vae"],
+         "epochs": {"spatial": 8, "vae": 10}, "relion": False}
 #: relion_refine 2D classification (no reference): CTF, 25 iterations, 12-degree psi steps, shifts within 5 px in
 #: 2 px steps (finer with RELION's adaptive oversampling)
 RELION_2D = ["--iter", "25", "--tau2_fudge", "2", "--particle_diameter", "90", "--ctf", "--flatten_solvent",
@@ -188,7 +189,7 @@ def run_relion(particles: Path, folder: Path, kind: str, seed: int, threads: int
 @click.option("--ctf-ablation/--no-ctf-ablation", default=True, show_default=True,
               help=f"The rows of {', '.join(NO_CTF)} without the CTF, on {FIRST_SET}.")
 @click.option("--quick", is_flag=True, help=f"{QUICK['n_particles']} particles, the first set, spatial and vae for "
-              "a few epochs, no RELION (about 5 minutes).")
+              "a few epochs, no RELION (under 5 minutes).")
 @click.option("-n", "--n-particles", default=5000, show_default=True, help="Particles per set.")
 @click.option("--threads", type=click.IntRange(1), default=2, show_default=True, help="CPU threads per run.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "auto"]),
