@@ -40,7 +40,7 @@ def main():
     parser.add_argument("--apix", type=float, default=1.5, help="pixel size, Å/px")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads allowed (torch/OMP/MKL/OpenBLAS)")
     parser.add_argument("--hidden", type=int, nargs="+", default=[500, 128],
-                        help="spatial-VAE hidden widths timed with --no-denoise (500: the paper's and our default)")
+                        help="spatial-VAE hidden widths timed with --no-denoise (500: the paper's; 256: our default)")
     parser.add_argument("--denoise-hidden", type=int, nargs="*", default=[128],
                         help="hidden widths also timed with --denoise (the generator on every pixel of every "
                              "particle: about N * D^2 * hidden^2 multiply-adds)")

@@ -51,8 +51,8 @@ BOX, APIX, SHIFT_SIGMA, ASTIGMATISM = 40, 2.5, 1.5, 300.0
 SETS = {"mix-snr0.3": ("mix", 0.3), "traj-snr0.3": ("traj", 0.3), "mix-snr0.1": ("mix", 0.1),
         "traj-snr0.1": ("traj", 0.1)}
 #: benchmark row -> (registered model, model options, training settings); z_dim 1 (one conformational coordinate);
-#: spatial-VAE with 256 hidden units (its default 500 costs 2.6x per epoch and at SNR 0.1 did not separate the states
-#: in 12 epochs: docs/models-spatial.md)
+#: spatial-VAE's width written out (its default since these rows; the paper's 500 costs 2.6x per epoch and at SNR 0.1
+#: did not separate the states in 12 epochs: docs/models-spatial.md)
 MODELS = {
     "spatial": ("spatial", {"z_dim": 1, "hidden": 256}, {"epochs": 12, "precision": "auto"}),
     "target-P8": ("target", {"z_dim": 1, "group": "P8"}, {"epochs": 10, "precision": "auto", "lr": 2e-4}),

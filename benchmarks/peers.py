@@ -28,8 +28,9 @@ correlation). 0.5, not 0.143: the reference is the noise-free truth, not an inde
 maps corresponds to 0.5 against the truth).
 
     python benchmarks/peers.py                 # both SNRs, 5,000 particles each (hours on one core)
-    python benchmarks/peers.py --option hidden=256 --sets mix-snr0.3      # one set now, ...
-    python benchmarks/peers.py --option hidden=256 --resume               # ... the other later, one table
+    python benchmarks/peers.py --sets mix-snr0.3      # one set now, ...
+    python benchmarks/peers.py --resume               # ... the other later, one table
+    python benchmarks/peers.py --option hidden=500    # spatial-VAE at the paper's width
     python benchmarks/peers.py --quick         # 300 particles, 2 epochs (a check of the pipeline, minutes)
 """
 
@@ -196,7 +197,7 @@ def run_set(data: str, folder: Path, n: int, epochs: int, precision: str, model_
               help="spatial-VAE's `emgroup train --precision` (auto: bf16 on CPUs with AMX or AVX512-BF16, else "
               "fp32).")
 @click.option("--option", "model_options", multiple=True, metavar="KEY=VALUE",
-              help="A spatial-VAE option beside the yardstick's (`emgroup train --KEY VALUE`, e.g. hidden=256); "
+              help="A spatial-VAE option beside the yardstick's (`emgroup train --KEY VALUE`, e.g. hidden=500); "
               "repeatable.")
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
               help="CPU threads of every step (emgroup, Topaz, relion_refine --j).")

@@ -13,10 +13,9 @@ emgroup simulate -o "$out/simulated" --pdb2 "$pdb_open" --conformations 2 -n 300
 emgroup preprocess "$out/simulated/particles.star" -o "$out/preprocessed" --val-fraction 0.1
 # spatial-VAE with one conformational latent; the particles carry defocus, so the CTF is modelled, and the
 # pose is found by the default search over 64 in-plane angles and all shifts. bf16 where the CPU computes it
-# natively (AMX or AVX512-BF16), else fp32; 256 hidden units (the default 500 learns the same here at 2.6x the
-# cost per epoch).
+# natively (AMX or AVX512-BF16), else fp32.
 emgroup train "$out/preprocessed/particles.star" -o "$out/run" --force --model spatial --z-dim 1 \
-    --epochs 8 --precision auto --hidden 256 --seed 0
+    --epochs 8 --precision auto --seed 0
 # Poses, clusters, class averages, denoised particles and figures for RELION/cryoSPARC; metrics.json
 # compares them with the simulated truth.
 emgroup analyze "$out/run" -o "$out/analysis" --clusters 2

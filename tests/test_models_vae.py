@@ -34,7 +34,7 @@ def test_beta_weights_the_kl_term():
 
 @pytest.mark.parametrize("box", [40, 50])
 def test_parameter_budget_is_comparable_to_spatial_vae(box):
-    counts = {name: sum(p.numel() for p in build_model(name, {"z_dim": 2}, box).parameters())
+    counts = {name: sum(p.numel() for p in build_model(name, {"z_dim": 2, "hidden": 500}, box).parameters())
               for name in ("vae", "spatial")}
     assert 1 < counts["vae"] / counts["spatial"] < 2  # see the numbers in emgroup/models/vae.py's docstring
 
