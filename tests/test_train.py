@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from emgroup.ctf import ctf_rfft
-from emgroup.devices import cpu_memory_cap
 from emgroup.data.ctf import stack_ctf, stack_ctf_parameters
 from emgroup.data.preprocess import SPLIT_COLUMN
 from emgroup.data.stack import Stack
+from emgroup.devices import cpu_memory_cap
 from emgroup.errors import InputError
 from emgroup.io.star import read_star, write_star
 from emgroup.models.registry import build_model
