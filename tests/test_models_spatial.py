@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 from emgroup.analysis.metrics import circular_correlation
+from emgroup.models import chunking
+from emgroup.models.generator import CoordinateGenerator
 from emgroup.models.grids import coordinate_grid, resample_images, rotation_matrix
 from emgroup.models.spatial_vae import SpatialVAE, SpatialVAEConfig, parse_theta_prior
 
@@ -67,6 +69,35 @@ def test_generator_is_equivariant_under_in_plane_rotation_and_shift():
     error = (moved - composed)[:, inside].abs().max()
     assert error < 0.02 * image.std()
     assert (image - composed)[:, inside].abs().max() > 0.3 * image.std()  # the poses do change the image
+
+
+@pytest.mark.parametrize("images_per_block", [1, 3])
+def test_cache_blocks_give_the_straightforward_output_and_gradients(monkeypatch, images_per_block):
+    torch.manual_seed(0)
+    generator = CoordinateGenerator(z_dim=2, hidden=8, layers=3)
+    coords, z = torch.randn(7, 16**2, 2), torch.randn(7, 2)
+    calls = []
+    draw = generator._draw
+    monkeypatch.setattr(generator, "_draw", lambda *tensors: calls.append(len(tensors[0])) or draw(*tensors))
+
+    def output_and_gradients():
+        generator.zero_grad()
+        out = generator(coords, z)
+        out.square().sum().backward()
+        return out.detach(), {name: p.grad.clone() for name, p in generator.named_parameters()}
+
+    monkeypatch.setattr(chunking, "CACHE_BYTES", 1 << 40)
+    whole, whole_grads = output_and_gradients()
+    assert calls == [7]
+    monkeypatch.setattr(chunking, "CACHE_BYTES", images_per_block * 16**2 * 8 * 4)  # one layer's output per image
+    calls.clear()
+    blocked, blocked_grads = output_and_gradients()
+    assert calls == [images_per_block] * (7 // images_per_block) + [7 % images_per_block] * (7 % images_per_block > 0)
+    torch.testing.assert_close(blocked, whole, rtol=1e-6, atol=1e-6)
+    assert len(whole_grads) == 9  # the coordinate and latent branches, three linear layers of the body
+    for name, grad in whole_grads.items():
+        torch.testing.assert_close(blocked_grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+
 
 
 @pytest.mark.parametrize("spec, sigma", [("uniform", math.pi), ("normal:30", math.radians(30))])

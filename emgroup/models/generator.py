@@ -5,12 +5,13 @@ random Fourier features ``cos(W x' / sigma + b)``, W ~ N(0, 1), b ~ U(0, 2 pi), 
 z branch is a separate linear layer whose output is added to the coordinate branch, then shared hidden layers.
 """
 
+import functools
 import math
 
 import torch
 from torch import nn
 
-from emgroup.models.chunking import chunked
+from emgroup.models.chunking import chunked, in_cache_blocks
 from emgroup.models.grids import canonical_centroid, pixel_size
 
 ACTIVATIONS = {"tanh": nn.Tanh, "leaky_relu": lambda: nn.LeakyReLU(0.2)}
@@ -123,8 +124,10 @@ class CoordinateGenerator(nn.Module):
         shift = self.latent(z) if self.latent is not None else coords.new_zeros(len(coords), self.hidden)
         # per image, each layer of the body (a linear layer or an activation) keeps a (P, hidden) input for
         # backward, fp32 at most
-        item_bytes = coords.shape[1] * self.hidden * 4 * len(self.body)
-        return chunked(self._draw, coords, shift, item_bytes=item_bytes)
+        layer_bytes = coords.shape[1] * self.hidden * 4
+        draw = (functools.partial(in_cache_blocks, self._draw, item_bytes=layer_bytes) if coords.device.type == "cpu"
+                else self._draw)
+        return chunked(draw, coords, shift, item_bytes=layer_bytes * len(self.body))
 
     def _draw(self, coords: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
         """(N, P, 2) coordinates (centred) and (N, hidden) latent branch -> (N, P) pixel values."""
