@@ -9,7 +9,7 @@ from torch import nn
 
 from emgroup.analysis.metrics import circular_correlation
 from emgroup.models import chunking
-from emgroup.models.generator import CoordinateGenerator
+from emgroup.models.generator import CoordinateGenerator, Tanh
 from emgroup.models.grids import coordinate_grid, resample_images, rotation_matrix
 from emgroup.models.spatial_vae import SpatialVAE, SpatialVAEConfig, parse_theta_prior
 
@@ -69,6 +69,15 @@ def test_generator_is_equivariant_under_in_plane_rotation_and_shift():
     error = (moved - composed)[:, inside].abs().max()
     assert error < 0.02 * image.std()
     assert (image - composed)[:, inside].abs().max() > 0.3 * image.std()  # the poses do change the image
+
+
+def test_generator_tanh_is_tanh_forward_and_backward():
+    x = (torch.randn(1000, dtype=torch.float64) * 4).requires_grad_()
+    y = Tanh()(x)
+    torch.testing.assert_close(y, torch.tanh(x), rtol=0, atol=1e-12)
+    grad = torch.randn(1000, dtype=torch.float64)
+    torch.testing.assert_close(torch.autograd.grad(y, x, grad)[0], grad / torch.cosh(x) ** 2, rtol=0, atol=1e-12)
+    assert torch.autograd.gradcheck(Tanh(), x[:20].detach().requires_grad_())
 
 
 @pytest.mark.parametrize("images_per_block", [1, 3])

@@ -14,7 +14,32 @@ from torch import nn
 from emgroup.models.chunking import chunked, in_cache_blocks
 from emgroup.models.grids import canonical_centroid, pixel_size
 
-ACTIVATIONS = {"tanh": nn.Tanh, "leaky_relu": lambda: nn.LeakyReLU(0.2)}
+
+class _SigmoidTanh(torch.autograd.Function):
+    """tanh(x) as ``2 sigmoid(2 x) - 1`` (equal to 2e-7): on an AVX2 CPU torch's sigmoid is 3.5x faster than its
+    tanh (1600 x 500 floats, one thread: 0.75 against 2.6 ms), and the generator's tanh layers were a fifth of a
+    spatial-VAE training step. Backward from the output, as tanh's: ``grad (1 - y^2)``."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.sigmoid(2 * x).mul_(2).sub_(1)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad, y)
+
+
+class Tanh(nn.Module):
+    """``nn.Tanh``, through :class:`_SigmoidTanh` on the CPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _SigmoidTanh.apply(x) if x.device.type == "cpu" else torch.tanh(x)
+
+
+ACTIVATIONS = {"tanh": Tanh, "leaky_relu": lambda: nn.LeakyReLU(0.2)}
 #: weight of each batch in the running mean of the object's centroid (:meth:`CoordinateGenerator.follow_centroid`)
 CENTRE_MOMENTUM = 0.1
 
