@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The demo pipeline on bundled data: simulate -> preprocess -> train -> analyze (5-12 minutes on 2 CPU cores).
+# The demo pipeline on bundled data: simulate -> preprocess -> train -> analyze (about 5 minutes on 2 CPU cores).
 # Usage: scripts/demo.sh [OUTDIR]   (needs `emgroup` on PATH; `make demo` sets that up)
 set -euo pipefail
 out=${1:-demo}
