@@ -17,7 +17,9 @@ without it (``-noctf``) and TARGET-VAE P16; each trains for a fixed number of ep
 * ``rotation_uniform`` / ``rotation_published``: Jammalamadaka-Sengupta circular correlation of rlnAnglePsi with
   the true angle, in its form for uniform angles and as published, each with a 95% bootstrap interval;
 * ``shift_x`` / ``shift_y``: Pearson correlation of rlnOriginX/YAngst with the true origin;
-* ``denoised_r``: mean correlation of the denoised particles with the clean projections (`analyze` metrics.json).
+* ``denoised_r``: mean correlation of the denoised particles with the clean projections (`analyze` metrics.json);
+* ``aligned`` (mix, models with a pose): the rotation and shift figures again from `analyze --align-classes`, which
+  brings both classes into one frame (a generator may draw each state in a frame of its own).
 
 The peer: RELION 2D classification of the same stack (``relion_refine`` without a reference, ``--K 2`` on mix and
 ``--K 5`` on traj, CTF, 25 iterations, the settings in :data:`RELION_2D`), its class index scored like a cluster
@@ -149,9 +151,21 @@ def run_model(name: str, model: str, options: dict, train: dict, particles: Path
     metrics = json.loads((out / "metrics.json").read_text())
     history = pd.read_csv(run / "metrics.csv")
     precision = json.loads((run / "config.json").read_text())["training"]["precision"]
+    aligned = score_aligned(run, folder / "analysis" / f"{name}-aligned", seed, threads) if kind == "mix" else {}
     return {**row, "denoised_r": metrics.get("denoised_clean_correlation"), "train_seconds": seconds,
-            "budget": f"{len(history)} epochs", "precision": precision,
+            "budget": f"{len(history)} epochs", "precision": precision, **aligned,
             "learning_curve": history[["epoch", "train_loss", "val_loss"]].to_dict("list")}
+
+
+def score_aligned(run: Path, out: Path, seed: int, threads) -> dict:
+    """``{"aligned": pose figures}`` of the trained ``run`` analysed with `--align-classes` into ``out`` (2
+    clusters), or nothing for a model without a pose."""
+    emgroup("analyze", run, "-o", out, "--clusters", 2, "--seed", seed, "--align-classes", "--no-denoise",
+            "--no-report", "--no-progress", threads=threads)
+    particles, _ = read_star(out / "particles.star")
+    row = score("mix", particles, truth(particles), seed)
+    poses = {key: value for key, value in row.items() if key.startswith(("rotation", "shift"))}
+    return {"aligned": poses} if poses else {}
 
 
 def run_relion(particles: Path, folder: Path, kind: str, seed: int, threads: int) -> dict:

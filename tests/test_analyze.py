@@ -16,6 +16,7 @@ import torch
 
 from emgroup.analysis import clustering
 from emgroup.analysis.clustering import cluster_latents
+from emgroup.analysis.frames import to_common_frame
 from emgroup.analysis.inference import encode_stack, relion_pose_columns
 from emgroup.analysis.metrics import (best_latent_correlation, circular_correlation, circular_correlation_uniform,
                                       clustering_accuracy, image_correlation, pearson)
@@ -23,6 +24,7 @@ from emgroup.data.ctf import stack_ctf_parameters
 from emgroup.analysis.pipeline import particles_table
 from emgroup.data.poses import model_from_relion, relion_from_model
 from emgroup.data.stack import Stack, write_particles
+from emgroup.data.transforms import transform_images
 from emgroup.io.cryosparc import read_cs
 from emgroup.io.star import optics_table, read_star, write_star
 from emgroup.models.registry import build_model
@@ -315,6 +317,28 @@ def test_canonical_denoising_and_other_clustering(analyzed, run_emgroup, monkeyp
     with torch.no_grad():
         np.testing.assert_allclose(denoised.images(), model.decode({"z": z}).numpy(), atol=1e-4)
     assert "denoised_clean_correlation" not in json.loads((analyzed / "canon/metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_aligned_classes_move_each_class_into_the_largest_ones_frame(analyzed, run_emgroup, monkeypatch):
+    monkeypatch.chdir(analyzed)
+    result = run_emgroup("analyze", "run", "-o", "framed", "--clusters", 3, "--cluster-method", "kmeans",
+                         "--batch-size", 64, "--align-classes", "--no-denoise", "--no-report", "--no-progress")
+    assert result.exit_code == 0, result.output
+    with h5py.File("framed/latents.h5") as h5:
+        frames, labels = h5["class_frames"][:], h5["class_number"][:] - 1
+        theta, shift = h5["encoding/theta"][:], h5["encoding/shift"][:]  # each particle's own frame
+    assert frames.shape == (3, 3) and not frames[np.argmax(np.bincount(labels))].any() and frames.any()
+    theta, shift = to_common_frame(theta, shift, labels, (np.radians(frames[:, 0]), frames[:, 1:]))
+    psi, origin_x, origin_y = relion_from_model(theta, shift, APIX)
+    particles, _ = read_star("framed/particles.star")
+    turn = np.remainder(particles["rlnAnglePsi"].to_numpy() - psi + 180, 360) - 180
+    np.testing.assert_allclose(turn, 0, atol=1e-3)
+    np.testing.assert_allclose(particles[["rlnOriginXAngst", "rlnOriginYAngst"]], np.column_stack([origin_x, origin_y]),
+                               atol=1e-3)
+    decoded, unaligned = mrcfile.read("framed/class_decoded.mrcs"), mrcfile.read("out/class_decoded.mrcs")
+    np.testing.assert_allclose(decoded, transform_images(unaligned, np.radians(frames[:, 0]), frames[:, 1:]),
+                               atol=1e-5)
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emgroup.data.preprocess import SPLIT_COLUMN, fourier_crop, normalize, preprocess_stack
+from emgroup.data.preprocess import SPLIT_COLUMN, fourier_crop, fourier_pad, normalize, preprocess_stack
 from emgroup.data.stack import Stack
 from emgroup.io.mrc import write_stack
 from emgroup.io.star import format_image_name, optics_table, read_star, write_star
@@ -41,6 +41,16 @@ def test_fourier_crop_keeps_the_centre_pixel_and_the_mean():
         small = fourier_crop(blob, new_box)[0]
         assert np.unravel_index(small.argmax(), small.shape) == (new_box // 2, new_box // 2)
         assert small.mean() == pytest.approx(blob.mean(), rel=1e-5)
+
+
+@pytest.mark.parametrize("box, new_box", [(32, 64), (24, 63), (33, 64), (40, 80)])
+def test_fourier_pad_resamples_a_band_limited_image_exactly_and_crop_undoes_it(box, new_box):
+    waves = [(1.5, 0, 0, 0.0), (1.0, 3, -2, 0.4), (0.7, -5, 7, 1.3), (0.4, 10, 2, -2.0)]  # |k| < box / 2
+    images = cosines(box, waves)[None].astype(np.float32)
+    padded = fourier_pad(images, new_box)
+    assert padded.shape == (1, new_box, new_box) and padded.dtype == np.float32
+    np.testing.assert_allclose(padded[0], cosines(new_box, waves), atol=2e-5)
+    np.testing.assert_allclose(fourier_crop(padded, box), images, atol=2e-5)
 
 
 def test_normalize_sets_background_to_mean_0_std_1_and_ignores_affine_changes():

@@ -165,7 +165,8 @@ class _ImageOutputs(_Outputs):
         ``h5``), the class averages (K, D, D) of the particles aligned by their pose)."""
         n = len(self.stack)
         if self.options.align_classes and "theta" in encoding:
-            frames = class_frames(decoded_centres, clusters.counts, shifts="shift" in encoding)
+            frames = class_frames(lambda z: decode_latents(model, z, self.options.device), clusters.centres,
+                                  clusters.counts, shifts="shift" in encoding)
             theta, shift = to_common_frame(*inplane_pose(encoding, n), clusters.labels, frames)
             encoding = encoding | {"theta": theta, **({"shift": shift} if "shift" in encoding else {})}
             decoded_centres = transform_images(decoded_centres, *frames)

@@ -53,10 +53,10 @@ def _clusters(value: str) -> int | str:
               help="Write denoised.mrcs/.star (the model's reconstruction of every particle; the slowest step).")
 @click.option("--align-classes", is_flag=True,
               help="Bring every class into the frame of the largest one (the generator draws each latent value in a "
-                   "frame of its own): each cluster's decoded image is aligned with the largest cluster's (rotation "
-                   "in 1-degree steps, shift), and its particles' poses, class average and decoded class move into "
-                   "that frame. Images of different conformations align only approximately: on the cryo-EM "
-                   "yardstick it lowered the agreement of a spatial-VAE's poses with the truth (docs/analyze.md).")
+                   "frame of its own): the rotation is followed along the straight latent path from the largest "
+                   "cluster's centre to each other centre (16 steps, each aligned to 1 degree and refined), the "
+                   "shift puts the decoded classes' centres of density on each other; the particles' poses, class "
+                   "averages and decoded classes move into that frame (docs/analyze.md).")
 @click.option("--root", type=FILE, default=None,
               help="Folder tried first when resolving image paths in PARTICLES (then the working directory, then "
                    "the STAR file's folder).")

@@ -38,6 +38,23 @@ def fourier_crop(images: np.ndarray, new_box: int) -> np.ndarray:
     return (cropped * (new_box / box) ** 2).astype(np.float32)
 
 
+def fourier_pad(images: np.ndarray, new_box: int) -> np.ndarray:
+    """Upsample ``(N, D, D)`` images to ``(N, d, d)``, ``d >= D``, by zero-padding their spatial frequencies (the
+    band-limited interpolation; :func:`fourier_crop` undoes it). The centre pixel ``D // 2`` maps onto ``d // 2``;
+    values keep their scale. The pixel size shrinks by ``D / d``."""
+    images = np.asarray(images, dtype=np.float32)
+    box, new_box = images.shape[-1], int(new_box)
+    if new_box < box:
+        raise ValueError(f"cannot Fourier-pad {box} px images to {new_box} px")
+    axes = (-2, -1)
+    spectrum = sfft.fftshift(sfft.fft2(sfft.ifftshift(images, axes=axes)), axes=axes)
+    low = new_box // 2 - box // 2
+    padded = np.zeros((*images.shape[:-2], new_box, new_box), dtype=spectrum.dtype)
+    padded[..., low:low + box, low:low + box] = spectrum
+    upsampled = sfft.fftshift(sfft.ifft2(sfft.ifftshift(padded, axes=axes)), axes=axes).real
+    return (upsampled * (new_box / box) ** 2).astype(np.float32)
+
+
 def invert(images: np.ndarray) -> np.ndarray:
     """Contrast inversion (dark particles become bright)."""
     return -np.asarray(images, dtype=np.float32)
