@@ -17,6 +17,7 @@ without it (``-noctf``) and TARGET-VAE P16; each trains for a fixed number of ep
 * ``rotation_uniform`` / ``rotation_published``: Jammalamadaka-Sengupta circular correlation of rlnAnglePsi with
   the true angle, in its form for uniform angles and as published, each with a 95% bootstrap interval;
 * ``shift_x`` / ``shift_y``: Pearson correlation of rlnOriginX/YAngst with the true origin;
+* ``per_class`` (mix): the rotation's agreement within each class and the class frame's mean offset (degrees);
 * ``denoised_r``: mean correlation of the denoised particles with the clean projections (`analyze` metrics.json);
 * ``aligned`` (mix, models with a pose): the rotation and shift figures again from `analyze --align-classes`, which
   brings both classes into one frame (a generator may draw each state in a frame of its own).
@@ -127,12 +128,23 @@ def score(kind: str, particles: pd.DataFrame, true: dict, seed: int, latents=Non
     classes = particles["rlnClassNumber"].to_numpy()
     if kind == "mix":
         row["state_accuracy"] = clustering_accuracy(true["conformation"], classes)
+        if pose.any():
+            row["per_class"] = [per_class(theta[classes == k], true["theta"][classes == k]) | {"class": int(k)}
+                                for k in np.unique(classes)]
     else:
         features = (np.eye(classes.max() + 1)[classes] if latents is None else latents)  # one-hot classes for RELION
         folds = KFold(5, shuffle=True, random_state=seed)
         predicted = cross_val_predict(LinearRegression(), features, true["conformation"], cv=folds)
         row["conformation_r"] = pearson(predicted, true["conformation"])
     return row
+
+
+def per_class(theta, true_theta) -> dict:
+    """Within one class: the rotation's agreement with the truth (uniform form) and the class frame's mean offset
+    from the truth's (degrees), which a statistic over all classes counts as error."""
+    offset = np.angle(np.mean(np.exp(1j * (theta - true_theta))))
+    return {"particles": len(theta), "rotation_uniform": circular_correlation_uniform(theta, true_theta),
+            "offset_deg": float(np.degrees(offset))}
 
 
 def run_model(name: str, model: str, options: dict, train: dict, particles: Path, folder: Path, kind: str,
