@@ -164,7 +164,8 @@ def run_model(name: str, model: str, options: dict, train: dict, particles: Path
     metrics = json.loads((out / "metrics.json").read_text())
     history = pd.read_csv(run / "metrics.csv")
     precision = json.loads((run / "config.json").read_text())["training"]["precision"]
-    aligned = score_aligned(run, folder / "analysis" / f"{name}-aligned", seed, threads) if kind == "mix" and align else {}
+    aligned = (score_aligned(run, folder / "analysis" / f"{name}-aligned", seed, threads)
+               if kind == "mix" and align else {})
     return {**row, "denoised_r": metrics.get("denoised_clean_correlation"), "train_seconds": seconds,
             "budget": f"{len(history)} epochs", "precision": precision, **aligned,
             "learning_curve": history[["epoch", "train_loss", "val_loss"]].to_dict("list")}
@@ -267,7 +268,8 @@ def main(sets, models, relion, ctf_ablation, quick, n_particles, threads, precis
                 else:
                     train = {**train, "epochs": QUICK["epochs"].get(name, train["epochs"])} if quick else train
                     train = {**train, "precision": precision} if precision else train
-                    row = run_model(name, model, options, train, particles, folder, kind, seed, threads, align=not quick)
+                    row = run_model(name, model, options, train, particles, folder, kind, seed, threads,
+                                    align=not quick)
                 row = {"data": data, "model": name, **row, **provenance()}
                 cached.parent.mkdir(parents=True, exist_ok=True)
                 write_results(cached, row)
