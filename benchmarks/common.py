@@ -109,7 +109,7 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
     """A plain-text table of ``rows`` (dicts) with ``columns``; numbers to 3 decimals, missing entries as '-'."""
     cells = [[f"{row[c]:.3f}" if isinstance(row.get(c), float) else str(row.get(c, "-")) for c in columns]
              for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
     for line in [columns, ["-" * w for w in widths], *cells]:
         print("  ".join(cell.rjust(w) for cell, w in zip(line, widths)))
 
