@@ -55,9 +55,9 @@ BOX, APIX, SHIFT_SIGMA, ASTIGMATISM = 40, 2.5, 1.5, 300.0
 #: data set -> (kind, SNR)
 SETS = {"mix-snr0.3": ("mix", 0.3), "traj-snr0.3": ("traj", 0.3), "mix-snr0.1": ("mix", 0.1),
         "traj-snr0.1": ("traj", 0.1)}
-#: TARGET-VAE's widths for these 40 px particles on a CPU, trained at `emgroup train`'s default lr 1e-3: 2.5x less
-#: work per epoch than the paper's (128 channels, 1024 Fourier features, 512 units; the ``target-P8-paper`` row, lr
-#: 2e-4), and better on every figure of the yardstick in 10 epochs (docs/models-target.md)
+#: TARGET-VAE's widths for these 40 px particles on a CPU, trained at `emgroup train`'s default lr 1e-3: a training
+#: step 2.8x faster than at the paper's (128 channels, 1024 Fourier features, 512 units; the ``target-P8-paper`` row,
+#: lr 2e-4), and better on every figure of the yardstick in 10 epochs (docs/models-target.md)
 TARGET_CPU = {"hidden": 256, "fourier_features": 512, "channels": 64}
 #: benchmark row -> (registered model, model options, training settings); z_dim 1 (one conformational coordinate);
 #: spatial-VAE's width written out (its default since these rows; the paper's 500 costs 2.6x per epoch and at SNR 0.1
@@ -153,6 +153,11 @@ def per_class(theta, true_theta) -> dict:
     offset = np.angle(np.mean(np.exp(1j * (theta - true_theta))))
     return {"particles": len(theta), "rotation_uniform": circular_correlation_uniform(theta, true_theta),
             "offset_deg": float(np.degrees(offset))}
+
+
+def with_options(model: str, options: dict, train: dict, variant: dict) -> tuple[str, dict, dict]:
+    """A row's ``(model, options, train)`` with the ``--option`` entries of ``variant`` in place of its own."""
+    return model, {**options, **variant}, {key: value for key, value in train.items() if key not in variant}
 
 
 def run_model(name: str, model: str, options: dict, train: dict, particles: Path, folder: Path, kind: str,
@@ -263,8 +268,7 @@ def main(sets, models, relion, ctf_ablation, quick, n_particles, model_options, 
             continue
         if not ((resume or collect) and particles.is_file()):
             particles = simulate(folder, kind, snr, n_particles, seed, threads)
-        jobs = [(name + suffix, model, {**options, **variant}, {k: v for k, v in train.items() if k not in variant})
-                for name, (model, options, train) in ((name, MODELS[name]) for name in models)
+        jobs = [(name + suffix, *with_options(*MODELS[name], variant)) for name in models
                 if data == FIRST_SET or name not in FIRST_SET_ONLY]
         jobs += [(f"{name}-noctf", model, {**options, "ctf": False}, train) for name, model, options, train in jobs
                  if data == FIRST_SET and name.removesuffix(suffix) in NO_CTF and ctf_ablation and not quick]
