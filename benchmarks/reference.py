@@ -34,10 +34,11 @@ our row's model size, epochs, batch size, learning rate and seed (``mnist.MODELS
   (unit-variance Gaussian, CTF tables) with ``--groupconv 8 --t-inf attention --r-inf attention+offsets
   --fourier-expansion``, our kernel size and padding, ``--encoder-kernel-number`` = our ``channels``,
   ``--generator-hidden-dim``/``--generator-num-layers`` = our ``hidden``/``generator_layers``. Its translation
-  prior is fixed at N(0, 0.1^2) in its units (2.45 px on 50 px, 1.95 px on 40 px; ours 5 and 2.5 px).
+  prior is fixed at N(0, 0.1^2) in its units (2.45 px on 50 px, 1.95 px on 40 px; ours 5 and 2.5 px), and its
+  Fourier expansion has 1,024 features whatever the width (ours: ``fourier_features``, 512 in ``cryoem.MODELS``).
 
-The public code runs in fp32 (it has no other precision), ours in that of our row (``cryoem.MODELS``: bf16;
-``mnist.py``: fp32). ``epoch_seconds`` is the mean wall time of a training pass for both codes (without the
+The public code runs in fp32 (it has no other precision), ours in that of our row (``cryoem.MODELS``: ``auto``,
+bf16 on CPUs with bf16 units and fp32 elsewhere; ``mnist.py``: fp32). ``epoch_seconds`` is the mean wall time of a training pass for both codes (without the
 validation pass); ``train_seconds`` the whole training command's.
 
 Reading their encoders: spatial-VAE's inference network gives means (theta, dx/dx_scale, z); TARGET-VAE's
