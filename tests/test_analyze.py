@@ -126,8 +126,8 @@ def test_encode_stack_streams_like_one_pass_and_decodes_in_own_or_canonical_pose
             stored = encode_stack(model, small_stack, h5, batch_size=5, canonical=flag, progress=False,
                                   decoded=lambda idx, inp, rec: received.append((idx, inp, rec)))
             assert set(stored) == set(whole)
-            for name, value in whole.items():
-                np.testing.assert_allclose(stored[name][:], value.numpy(), rtol=1e-5, atol=1e-5)
+            for name, value in whole.items():  # float32 products differ with the batch size in the last bits
+                np.testing.assert_allclose(stored[name][:], value.numpy(), rtol=1e-4, atol=1e-4)
         assert np.array_equal(np.concatenate([r[0] for r in received]), np.arange(23))
         np.testing.assert_array_equal(np.concatenate([r[1] for r in received]), images.numpy())
         np.testing.assert_allclose(np.concatenate([r[2] for r in received]), want.numpy(), rtol=1e-4, atol=1e-5)
