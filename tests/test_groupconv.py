@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from emgroup.geometry import ball_mask
+from emgroup.models import groupconv
 from emgroup.models.grids import resample_images
 from emgroup.models.groupconv import GroupConv1x1, LiftingConv, fft_conv2d, rotated_kernels
 
@@ -85,6 +86,22 @@ def test_lifting_conv_p8_is_equivariant_within_interpolation(fft):
     wrong = (turned - torch.roll(expected, 1, 3))[inside].norm() / expected[inside].norm()
     assert wrong > 5 * error  # the roll by one rotation is what makes them agree
 
+
+
+def test_under_bf16_autocast_on_the_cpu_the_lifting_conv_is_direct_at_every_kernel_size(monkeypatch):
+    torch.manual_seed(0)
+    layer = LiftingConv(1, 4, 49, 4, rotations=8)  # kernel >= FFT_MIN_KERNEL["cpu"]: the FFT in fp32
+    images = blobs(2, 51)
+    calls = []
+    fft = groupconv.fft_conv2d
+    monkeypatch.setattr(groupconv, "fft_conv2d", lambda *args, **kwargs: calls.append(1) or fft(*args, **kwargs))
+    exact = layer(images)
+    assert calls == [1]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = layer(images)
+    assert calls == [1]  # no FFT: the unfolded patches' product, in bf16
+    assert mixed.dtype == torch.bfloat16
+    assert (mixed.float() - exact).norm() / exact.norm() < 0.02
 
 def test_group_conv_commutes_with_rotation_roll_and_mixes_neighbours():
     torch.manual_seed(0)

@@ -220,3 +220,20 @@ def test_chunks_bound_the_memory_that_autograd_keeps(monkeypatch):
     monkeypatch.setattr(chunking, "STORE_LIMIT", 1)
     monkeypatch.setattr(chunking, "CHUNK_BYTES", 1)
     assert saved_bytes() < whole / 4
+
+
+def test_under_bf16_autocast_the_generator_is_split_by_the_bytes_of_its_bf16_activations(monkeypatch):
+    """A batch whose fp32 activations would pass the store limit, and whose bf16 ones do not, runs unsplit in bf16."""
+    torch.manual_seed(0)
+    net = generator.CoordinateGenerator(2, hidden=32, layers=3, activation="leaky_relu", fourier_features=16)
+    coords, z = torch.rand(4, 100, 2), torch.randn(4, 2, requires_grad=True)
+    monkeypatch.setattr(chunking, "STORE_LIMIT", 3 * 4 * 100 * 32 * len(net.body))  # 3 bytes an activation
+    monkeypatch.setattr(chunking, "CHUNK_BYTES", 1)
+    chunks = []
+    monkeypatch.setattr(chunking, "checkpoint", lambda fn, *args, **kwargs: chunks.append(len(args[0])) or fn(*args))
+    net(coords, z).sum().backward()
+    assert chunks == [1, 1, 1, 1]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(coords, z)
+    out.float().sum().backward()
+    assert chunks == [1, 1, 1, 1] and out.dtype == torch.bfloat16

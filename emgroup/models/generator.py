@@ -148,8 +148,8 @@ class CoordinateGenerator(nn.Module):
         coords = coords + self.centre
         shift = self.latent(z) if self.latent is not None else coords.new_zeros(len(coords), self.hidden)
         # per image, each layer of the body (a linear layer or an activation) keeps a (P, hidden) input for
-        # backward, fp32 at most
-        layer_bytes = coords.shape[1] * self.hidden * 4
+        # backward, in the dtype of the products (bf16 under autocast)
+        layer_bytes = coords.shape[1] * self.hidden * _product_dtype(coords.device).itemsize
         draw = (functools.partial(in_cache_blocks, self._draw, item_bytes=layer_bytes) if coords.device.type == "cpu"
                 else self._draw)
         return chunked(draw, coords, shift, item_bytes=layer_bytes * len(self.body))
