@@ -15,9 +15,9 @@ precision than fp32). Seconds are of the training pass alone (not the validation
   the public particle recipe (``--augment-rotation --z-delay 2``, ours ``augment_rotation``, ``freeze_z_epochs 2``),
   our pose search off (the public model has none), batch 100.
 
-For spatial-VAE the table also gives the fraction of the CPU's matrix-product peak that the training pass reaches:
-its multiply-adds (the MLPs, forward and backward: 3 x the forward's) per second over those of a 2048^3 fp32
-``torch.mm`` on the same threads.
+The table also gives the fraction of the CPU's matrix-product peak that each training pass reaches: the model's
+multiply-adds per particle (:func:`madds`) times particles/s, over those of a 2048^3 ``torch.mm`` on the same threads
+in the row's precision.
 
     python benchmarks/speed.py --target-vae-dir ../ref/target-vae --spatial-vae-dir ../ref/spatial-vae [--quick]
 
@@ -93,19 +93,31 @@ def our_seconds(case: str, star: Path, workdir: Path, precision: str, seed: int,
     return {"particles": n, "epoch_seconds": reference.our_epoch_seconds(rundir, n)}
 
 
-def spatial_madds(options: dict, box: int) -> float:
-    """Multiply-adds of one spatial-VAE training pass per particle: the MLP encoder (box^2 -> hidden -> ... -> 2 z
-    + 2 pose outputs) and the generator at every pixel (coordinates and z -> hidden -> ... -> 1), x 3 for backward."""
-    hidden, layers, k = options["hidden"], options["layers"], options["z_dim"]
-    encoder = box**2 * hidden + (layers - 1) * hidden**2 + hidden * 2 * (k + 3)
-    generator = box**2 * ((2 + k) * hidden + (layers - 1) * hidden**2 + hidden)
-    return 3.0 * (encoder + generator)
+def madds(case: str, box: int) -> float:
+    """Multiply-adds of one training pass per particle at the case's settings, forward and backward (3 x the
+    forward's for a layer with trained inputs, 2 x for the lifting convolution, whose input, the image, needs no
+    gradient). spatial-VAE: the MLP encoder and the generator at every pixel. TARGET-VAE: the lifting convolution,
+    the 1x1 group convolution and the head at every cell (translation x rotation), and the generator at every pixel
+    (random Fourier features -> hidden -> ... -> 1). Recomputed chunks are not counted (the same product twice)."""
+    _, name, options, _, _ = CASES[case]
+    hidden, layers, k = options["hidden"], options.get("layers", options.get("generator_layers")), options["z_dim"]
+    body = (layers - 1) * hidden**2 + hidden  # the generator's hidden layers and output, per pixel
+    if name == "spatial":
+        encoder = box**2 * hidden + (layers - 1) * hidden**2 + hidden * 2 * (k + 3)
+        return 3.0 * (encoder + box**2 * ((2 + k) * hidden + body))
+    model = model_class(name)(model_class(name).Config(**options), box)
+    c_out, _, kernel, _ = model.lift.weight.shape
+    maps = len(model.positions) ** 2 * model.lift.rotations  # cells x rotations
+    mix, head = model.mix.linear.weight.numel(), model.head.linear.weight.numel()
+    fourier = model.generator.coords.linear.weight.numel()
+    return 2.0 * maps * c_out * kernel**2 + 3.0 * (maps * (mix + head) + box**2 * (fourier + body))
 
 
-def matmul_madds_per_second(threads: int) -> float:
-    """Multiply-adds per second of a 2048^3 fp32 ``torch.mm`` on ``threads`` threads (best of 5)."""
+def matmul_madds_per_second(threads: int, precision: str) -> float:
+    """Multiply-adds per second of a 2048^3 ``torch.mm`` in ``precision`` on ``threads`` threads (best of 5)."""
     torch.set_num_threads(threads)
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
     torch.mm(a, b)
     best = min(_timed(lambda: torch.mm(a, b)) for _ in range(5))
     return 2048**3 / best
@@ -140,7 +152,7 @@ def main(target_vae_dir, spatial_vae_dir, cases, precisions, quick, threads, see
         raise click.UsageError(f"--{', --'.join(name.replace('_', '-') for name in missing)} needed")
     precisions = choose(precisions, ("fp32", "bf16"), "precision")
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    peak = matmul_madds_per_second(threads)
+    peak = {precision: matmul_madds_per_second(threads, precision) for precision in ("fp32", *precisions)}
     settings = {"threads": threads, "seed": seed, "matmul_madds_per_second": peak,
                 "cases": {case: {"model": CASES[case][1], "options": CASES[case][2], "train": CASES[case][3]}
                           for case in cases},
@@ -159,9 +171,7 @@ def main(target_vae_dir, spatial_vae_dir, cases, precisions, quick, threads, see
         for row in case_rows:
             row["particles_per_s"] = row["particles"] / row["epoch_seconds"]
             row["speedup"] = row["particles_per_s"] / case_rows[0]["particles_per_s"]
-            if case.startswith("spatial"):
-                box = Stack.open(star).box
-                row["peak_fraction"] = row["particles_per_s"] * spatial_madds(CASES[case][2], box) / peak
+            row["peak_fraction"] = row["particles_per_s"] * madds(case, Stack.open(star).box) / peak[row["precision"]]
         print_table(case_rows, COLUMNS)
         write_results(output, {"benchmark": "training speed of one epoch against the public code, equal settings",
                                **settings, "rows": rows})  # after each case, so a stopped run keeps what it did
