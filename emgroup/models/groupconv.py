@@ -20,9 +20,10 @@ from emgroup.geometry import ball_mask
 #: smallest kernel (px) for which the lifting convolution uses the FFT, per device type (benchmarks/throughput.py,
 #: TARGET-VAE P8 training step: H100, direct wins at 22 px, FFT at 36 px by 1.1x and at 56 px by 2x in time and 2.5x
 #: in memory; 2 CPU cores, direct wins at 22 px, the two are even at 36 px, FFT wins at 56 px by 1.35x:
-#: throughput.json against throughput_cpu_direct_lifting.json in benchmarks/results). Under autocast on the CPU the direct convolution
-#: is used at every size: its matrix product runs in bf16 (AMX, AVX512-BF16), the FFT in fp32 (2 cores of a Xeon with
-#: AMX, 100 px, kernel 56, batch 16, the convolution's training step: 2.3 s direct in bf16 against 3.1 s FFT)
+#: throughput.json against throughput_cpu_direct_lifting.json in benchmarks/results). Under autocast on the CPU the
+#: direct convolution is used at every size: its matrix product runs in bf16 (AMX, AVX512-BF16), the FFT in fp32 (2
+#: cores of a Xeon with AMX, 100 px, kernel 56, batch 16, the convolution's training step: 2.3 s direct in bf16
+#: against 3.1 s FFT)
 FFT_MIN_KERNEL = {"cuda": 32, "cpu": 48}
 
 
