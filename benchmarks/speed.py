@@ -167,11 +167,11 @@ def main(target_vae_dir, spatial_vae_dir, cases, precisions, quick, threads, see
         for precision in precisions:
             rows.append({"case": case, "code": "emgroup", "precision": precision,
                          **our_seconds(case, star, folder, precision, seed, threads)})
-        case_rows = rows[-1 - len(precisions):]
+        case_rows, per_particle = rows[-1 - len(precisions):], madds(case, Stack.open(star).box)
         for row in case_rows:
             row["particles_per_s"] = row["particles"] / row["epoch_seconds"]
             row["speedup"] = row["particles_per_s"] / case_rows[0]["particles_per_s"]
-            row["peak_fraction"] = row["particles_per_s"] * madds(case, Stack.open(star).box) / peak[row["precision"]]
+            row["peak_fraction"] = row["particles_per_s"] * per_particle / peak[row["precision"]]
         print_table(case_rows, COLUMNS)
         write_results(output, {"benchmark": "training speed of one epoch against the public code, equal settings",
                                **settings, "rows": rows})  # after each case, so a stopped run keeps what it did
